@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import os
+import sys
+
+import pyro
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    yield
+
+
+def perturb(obj, scale: float = 0.3) -> None:
+    """Move every parameter away from its (identity) initialisation, so checks are not trivial."""
+    with torch.no_grad():
+        for p in obj.parameters():
+            p.add_(scale * torch.randn_like(p))
+        for name, b in obj.named_buffers():
+            if name.endswith("initialized"):
+                b.fill_(True)
+
+
+def context_for(entry, batch=(), dtype=None):
+    if not entry.context_dim:
+        return None
+    return torch.randn(*batch, entry.context_dim, dtype=dtype or torch.get_default_dtype())
+
+
+@pytest.fixture
+def make():
+    """Build a registry entry, perturbed, optionally in float64."""
+
+    def _make(entry, dtype=torch.float32, perturbed=True):
+        obj = entry.factory()
+        if perturbed:
+            perturb(obj)
+        return obj.to(dtype)
+
+    return _make

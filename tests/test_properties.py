@@ -1,0 +1,200 @@
+"""Generic property tests driven by the registry (tests/registry.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import context_for, perturb
+from registry import REGISTRY
+
+import pyroflows as pf
+from pyroflows.diagnostics.checks import roundtrip_errors, steps_of
+
+IDS = sorted(REGISTRY)
+FLOW_IDS = [k for k in IDS if REGISTRY[k].is_flow]
+TRANSFORM_IDS = [k for k in IDS if not REGISTRY[k].is_flow]
+
+
+def _x(entry, batch=(4,), dtype=torch.float64):
+    return torch.randn(*batch, *entry.shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_logdet_matches_autograd_jacobian_both_directions(key, make):
+    entry = REGISTRY[key]
+    obj = make(entry, torch.float64)
+    ctx = context_for(entry, (4,), torch.float64)
+    report = pf.check_flow(obj, _x(entry), context=ctx, tolerance=entry.tol)
+    assert report.logdet_error < entry.tol, str(report)
+    assert report.inverse_logdet_error < entry.tol, str(report)
+
+
+@pytest.mark.parametrize("key", IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_roundtrip_without_cache(key, dtype, make):
+    entry = REGISTRY[key]
+    obj = make(entry, dtype)
+    ctx = context_for(entry, (4,), dtype)
+    steps = steps_of(obj, ctx)
+    tol = entry.tol if dtype == torch.float64 else 1e-4
+    fwd, inv = roundtrip_errors(steps, _x(entry, dtype=dtype))
+    assert fwd < tol and inv < tol
+
+
+@pytest.mark.parametrize("key", TRANSFORM_IDS)
+def test_roundtrip_with_cache_returns_cached_tensor(key, make):
+    entry = REGISTRY[key]
+    t = make(entry)
+    ctx = context_for(entry, (4,))
+    tt = t.condition(ctx) if entry.context_dim else t
+    x = _x(entry, dtype=torch.float32)
+    y = tt(x)
+    assert tt.inv(y) is x
+    ld = tt.log_abs_det_jacobian(x, y)
+    assert ld.shape == (4,)
+    # the slot is consumed once read: a second read recomputes and agrees
+    torch.testing.assert_close(tt.log_abs_det_jacobian(x, y), ld)
+
+
+@pytest.mark.parametrize("key", [k for k in TRANSFORM_IDS if REGISTRY[k].autoregressive])
+def test_autoregressive_jacobian_is_triangular_in_its_order(key, make):
+    entry = REGISTRY[key]
+    t = make(entry, torch.float64)
+    ctx = context_for(entry, (1,), torch.float64)
+    x = _x(entry, (1,))
+    jac = torch.autograd.functional.jacobian(lambda v: t.forward_and_log_det(v, ctx)[0], x)[0, :, 0]
+    order = t.conditioner.order
+    permuted = jac[order][:, order]
+    assert torch.allclose(permuted.triu(1), torch.zeros_like(permuted), atol=1e-12)
+    assert (permuted.diagonal().abs() > 0).all()
+
+
+@pytest.mark.parametrize("key", TRANSFORM_IDS)
+@pytest.mark.parametrize("batch", [(), (3,), (3, 4)])
+def test_transform_batch_shapes(key, batch, make):
+    entry = REGISTRY[key]
+    t = make(entry)
+    ctx = context_for(entry, batch)
+    x = _x(entry, batch, torch.float32)
+    y, ld = t.forward_and_log_det(x, ctx)
+    x2, ld2 = t.inverse_and_log_det(y, ctx)
+    assert y.shape == x.shape and x2.shape == x.shape
+    assert ld.shape == batch and ld2.shape == batch
+
+
+@pytest.mark.parametrize("key", FLOW_IDS)
+@pytest.mark.parametrize("batch", [(), (3,), (3, 4)])
+def test_flow_sample_and_log_prob_shapes(key, batch, make):
+    entry = REGISTRY[key]
+    flow = make(entry)
+    ctx = context_for(entry, batch)
+    d = flow(ctx)
+    assert d.batch_shape == (batch if entry.context_dim else ())
+    n = (5,)
+    expect = n + (batch if entry.context_dim else ()) + entry.shape
+    s = d.sample(n)
+    assert s.shape == expect
+    assert d.rsample(n).shape == expect
+    x, lp = d.rsample_and_log_prob(n)
+    assert x.shape == expect and lp.shape == expect[: -len(entry.shape)]
+    torch.testing.assert_close(d.log_prob(x), lp, atol=1e-4, rtol=1e-4)
+    data = torch.randn(*batch, *entry.shape)
+    assert flow.log_prob(data, ctx).shape == batch
+    assert torch.isfinite(flow.log_prob(data, ctx)).all()
+
+
+@pytest.mark.parametrize("key", IDS)
+def test_gradients_reach_every_parameter(key, make):
+    entry = REGISTRY[key]
+    obj = make(entry)
+    if not list(obj.parameters()):
+        pytest.skip("no parameters")
+    ctx = context_for(entry, (16,))
+    x = _x(entry, (16,), torch.float32)
+    if entry.is_flow:
+        loss = -obj.log_prob(x, ctx).mean() - obj.rsample_and_log_prob((), ctx)[1].mean()
+    else:
+        y, ld = obj.forward_and_log_det(x, ctx)
+        x2, ld2 = obj.inverse_and_log_det(x, ctx)
+        loss = (y**2).sum() + ld.sum() + (x2**2).sum() + ld2.sum()
+    loss.backward()
+    for name, p in obj.named_parameters():
+        assert p.grad is not None, f"no gradient reached {name}"
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
+
+
+@pytest.mark.parametrize("key", [k for k in IDS if REGISTRY[k].context_dim])
+def test_context_broadcasts(key, make):
+    entry = REGISTRY[key]
+    obj = make(entry)
+    x = torch.randn(5, 4, *entry.shape)
+    one = torch.randn(entry.context_dim)
+    per_row = torch.randn(4, entry.context_dim)
+    if entry.is_flow:
+        assert obj.log_prob(x, one).shape == (5, 4)
+        assert obj.log_prob(x, per_row).shape == (5, 4)
+        lp_rows = obj.log_prob(x, per_row.expand(5, 4, -1))
+        torch.testing.assert_close(obj.log_prob(x, per_row), lp_rows)
+    else:
+        for c in (one, per_row):
+            y, ld = obj.forward_and_log_det(x, c)
+            assert y.shape == x.shape and ld.shape == (5, 4)
+
+
+@pytest.mark.parametrize("key", FLOW_IDS)
+def test_save_load_roundtrip(key, make, tmp_path):
+    entry = REGISTRY[key]
+    flow = make(entry)
+    ctx = context_for(entry, (6,))
+    x = torch.randn(6, *entry.shape)
+    path = tmp_path / "flow.pt"
+    pf.save(flow, path, note=key)
+    again = pf.load(path)
+    assert type(again) is type(flow) and again.metadata == {"note": key}
+    torch.testing.assert_close(again.log_prob(x, ctx), flow.log_prob(x, ctx))
+
+
+@pytest.mark.parametrize("key", FLOW_IDS)
+def test_float64_module_under_float32_default_and_reverse(key, make):
+    entry = REGISTRY[key]
+    flow = make(entry, torch.float64)
+    ctx = context_for(entry, (4,), torch.float64)
+    lp = flow.log_prob(torch.randn(4, *entry.shape, dtype=torch.float64), ctx)
+    assert lp.dtype == torch.float64
+    assert flow.sample((2,), ctx).dtype == torch.float64
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        flow32 = entry.factory().float()
+        perturb(flow32)
+        ctx32 = context_for(entry, (4,), torch.float32)
+        assert (
+            flow32.log_prob(torch.randn(4, *entry.shape, dtype=torch.float32), ctx32).dtype
+            == torch.float32
+        )
+        assert flow32.sample((2,), ctx32).dtype == torch.float32
+    finally:
+        torch.set_default_dtype(old)
+
+
+@pytest.mark.parametrize("key", FLOW_IDS)
+def test_log_prob_on_same_tensor_in_consecutive_steps(key, make):
+    """Pyro's own flows raise 'backward through the graph a second time' here."""
+    entry = REGISTRY[key]
+    flow = make(entry)
+    ctx = context_for(entry, (32,))
+    data = torch.randn(32, *entry.shape)
+    opt = torch.optim.Adam(flow.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = -flow.log_prob(data, ctx).mean()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(v == v for v in losses) and losses[0] != losses[-1]
+    # sampled values scored twice, with a backward in between, also work
+    y = flow.sample((), ctx)
+    flow.log_prob(y, ctx).sum().backward()
+    flow.log_prob(y, ctx).sum().backward()
