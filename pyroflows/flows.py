@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.distributions import Transform
 
 from .transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedAutoregressive
-from .transforms.base import FlowTransform
+from .transforms.base import FlowTransform, NonFiniteError, is_validation_enabled
 from .transforms.coupling import ConditionalCoupling, Coupling
 from .transforms.linear import ActNorm, ElementwiseAffine, LULinear
 from .transforms.planar import ConditionalPlanar
@@ -54,21 +54,32 @@ _FORMAT = "pyroflows-model-1"
 
 
 class FlowDistribution(dist.TransformedDistribution):
-    """Pyro ``TransformedDistribution`` with a one-pass :meth:`rsample_and_log_prob`."""
+    """Pyro ``TransformedDistribution`` with a one-pass :meth:`rsample_and_log_prob`.
 
-    def __init__(
-        self, base_distribution, transforms, *, temperature: float = 1.0, validate_args=None
-    ):
-        super().__init__(base_distribution, transforms, validate_args=validate_args)
+    Input checks are pyroflows' own (shape, finiteness with the bad rows named, switchable with
+    :func:`pyroflows.validation`), so Pyro's argument validation is off for this distribution.
+    """
+
+    def __init__(self, base_distribution, transforms, *, temperature: float = 1.0):
+        super().__init__(base_distribution, transforms, validate_args=False)
         self.temperature = temperature
 
     def _check(self, value: Tensor) -> None:
+        if not is_validation_enabled():
+            return
         n = len(self.event_shape)
         if not isinstance(value, Tensor):
             raise TypeError(f"Expected a torch.Tensor; got {type(value).__name__}.")
         if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
             want = "(..., " + ", ".join(map(str, self.event_shape)) + ")"
             raise ValueError(f"Expected data shape {want}; got {tuple(value.shape)}.")
+        bad = ~torch.isfinite(value)
+        if bool(bad.any()):
+            rows = torch.nonzero(bad.flatten(value.dim() - n).any(-1).reshape(-1))[:5, 0].tolist()
+            raise NonFiniteError(
+                f"data contains NaN or Inf (first bad rows {rows}); remove or impute those rows, "
+                "or wrap the call in pyroflows.validation(False) to get NaN log-densities instead."
+            )
 
     def log_prob(self, value: Tensor) -> Tensor:
         self._check(value)
@@ -201,7 +212,7 @@ class Flow(nn.Module):
         if context is not None:
             batch = context.shape[:-1]
             loc, scale = loc.expand(*batch, *loc.shape), scale.expand(*batch, *scale.shape)
-        return dist.Normal(loc, scale).to_event(len(self.event_shape))
+        return dist.Normal(loc, scale, validate_args=False).to_event(len(self.event_shape))
 
     def forward(
         self, context: Tensor | None = None, *, temperature: float = 1.0

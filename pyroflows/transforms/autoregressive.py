@@ -100,7 +100,7 @@ class MaskedAutoregressive(FlowTransform):
     def _parallel(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         params = self.conditioner(v, context).unbind(-2)
         out, s = self._tau(v, params, inverse=inverse, bound=self.bound)
-        return out, (s.sum(-1) if s is not None else v.new_zeros(v.shape[:-1]))
+        return out, (s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1]))
 
     def _sequential(
         self, u: Tensor, context: Tensor | None, inverse: bool
@@ -110,7 +110,7 @@ class MaskedAutoregressive(FlowTransform):
         for _ in range(self.event_shape[0]):
             params = self.conditioner(w, context).unbind(-2)
             w, s = self._tau(u, params, inverse=inverse, bound=self.bound)
-        return w, (s.sum(-1) if s is not None else u.new_zeros(u.shape[:-1]))
+        return w, (s.sum(-1) if s is not None else w.new_zeros(w.shape[:-1]))
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None

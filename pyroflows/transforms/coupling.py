@@ -115,7 +115,10 @@ class Coupling(FlowTransform):
         params = self._params(ident, context)
         out, s = self._tau(trans, params, inverse=inverse, bound=self.bound)
         n = len(self.event_shape)
-        ld = sum_event(s, n) if s is not None else v.new_zeros(v.shape[: v.dim() - n])
+        batch = out.shape[: out.dim() - n]
+        if ident.shape[: ident.dim() - n] != batch:  # a batched context broadcasts the output
+            ident = ident.expand(*batch, *ident.shape[ident.dim() - n :])
+        ld = sum_event(s, n) if s is not None else out.new_zeros(batch)
         return self._merge(ident, out), ld
 
     def forward_and_log_det(
