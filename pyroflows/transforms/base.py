@@ -12,11 +12,11 @@ Both return the log-determinant of the *forward* map evaluated at ``x``, so
 
 The cache slot
 --------------
-Each transform keeps exactly one slot, ``(x, y, log_det, key)``, written by whichever direction
-ran last. ``_call(x)`` returns the cached ``y`` when ``x`` is the cached input (and the reverse for
+Each transform keeps exactly one slot, ``(x, y, log_det, key, context)``, written by whichever
+direction ran last. ``_call(x)`` returns the cached ``y`` when ``x`` is the cached input (and the reverse for
 ``_inverse``), so scoring a sample of the same flow never inverts numerically. The key holds the
-parameters' version counters, the grad mode, the dtype and the context, so an optimiser step or a
-``.double()`` invalidates it. ``log_abs_det_jacobian`` *consumes* the slot: the log-det is handed
+parameters' and buffers' version counters and the grad mode, and the context must be the very same
+tensor, so an optimiser step, a new context or a ``.double()`` invalidates it. ``log_abs_det_jacobian`` *consumes* the slot: the log-det is handed
 out once, so a graph freed by ``backward()`` is never reused ("backward through the graph a second
 time" cannot happen, unlike Pyro's own flows).
 """
@@ -82,6 +82,11 @@ class FlowTransform(TransformModule):
     Args:
         event_shape: shape of one input event, e.g. ``(D,)`` or ``(C, H, W)``.
         context_dim: size of the context vector for conditional transforms (0: none).
+
+    ``event_shape`` is the base-side shape (the input of ``_call``); ``output_shape`` is the
+    data-side shape (the input of ``_inverse``). They differ only for shape-changing transforms
+    (e.g. ``Squeeze``), which set ``output_shape`` and implement ``forward_shape`` and
+    ``inverse_shape``; the input check uses the shape of the direction being run.
     """
 
     bijective = True
@@ -89,6 +94,7 @@ class FlowTransform(TransformModule):
     def __init__(self, event_shape: tuple[int, ...], *, context_dim: int = 0) -> None:
         super().__init__(cache_size=0)
         self.event_shape = torch.Size(event_shape)
+        self.output_shape = self.event_shape
         self.context_dim = int(context_dim)
         self._slot: tuple | None = None
 
@@ -127,12 +133,7 @@ class FlowTransform(TransformModule):
     def _key(self, context: Tensor | None) -> tuple:
         versions = tuple(p._version for p in self.parameters())
         buffers = tuple(b._version for b in self.buffers())
-        return (
-            versions,
-            buffers,
-            torch.is_grad_enabled(),
-            id(context) if context is not None else 0,
-        )
+        return (versions, buffers, torch.is_grad_enabled())
 
     def clear_cache(self) -> None:
         """Empty the cache slot."""
@@ -142,30 +143,36 @@ class FlowTransform(TransformModule):
         """Forward pass through the slot: returns ``(y, log_det)`` and caches them."""
         key = self._key(context)
         slot = self._slot
-        if slot is not None and slot[0] is x and slot[3] == key:
+        if slot is not None and slot[0] is x and slot[4] is context and slot[3] == key:
             return slot[1], slot[2]
         self._check_input(x, context, "forward")
         y, ld = self.forward_and_log_det(x, context)
         self._check_output(x, y, ld, "forward")
-        self._slot = (x, y, ld, self._key(context))
+        self._slot = (x, y, ld, self._key(context), context)
         return y, ld
 
     def apply_inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """Inverse pass through the slot: returns ``(x, log_det)`` and caches them."""
         key = self._key(context)
         slot = self._slot
-        if slot is not None and slot[1] is y and slot[3] == key:
+        if slot is not None and slot[1] is y and slot[4] is context and slot[3] == key:
             return slot[0], slot[2]
         self._check_input(y, context, "inverse")
         x, ld = self.inverse_and_log_det(y, context)
         self._check_output(y, x, ld, "inverse")
-        self._slot = (x, y, ld, self._key(context))
+        self._slot = (x, y, ld, self._key(context), context)
         return x, ld
 
     def log_det_for(self, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
         """Log-det for a pair ``(x, y)``: taken (once) from the slot, else recomputed."""
         slot = self._slot
-        if slot is not None and slot[0] is x and slot[1] is y and slot[3] == self._key(context):
+        if (
+            slot is not None
+            and slot[0] is x
+            and slot[1] is y
+            and slot[4] is context
+            and slot[3] == self._key(context)
+        ):
             self._slot = None
             return slot[2]
         self._slot = None
@@ -189,9 +196,10 @@ class FlowTransform(TransformModule):
         name = self._layer_name()
         if not isinstance(v, Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor; got {type(v).__name__}.")
-        n = len(self.event_shape)
-        if v.dim() < n or v.shape[v.dim() - n :] != self.event_shape:
-            want = "(..., " + ", ".join(map(str, self.event_shape)) + ")"
+        shape = self.output_shape if direction == "inverse" else self.event_shape
+        n = len(shape)
+        if v.dim() < n or v.shape[v.dim() - n :] != shape:
+            want = "(..., " + ", ".join(map(str, shape)) + ")"
             raise ValueError(
                 f"{name}: expected input shape {want}; got {tuple(v.shape)}. "
                 "The trailing dimensions must equal the flow's event shape."
