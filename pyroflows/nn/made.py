@@ -51,7 +51,7 @@ class MADE(nn.Module):
         >>> made(torch.randn(5, 3)).shape
         torch.Size([5, 2, 3])
         >>> made.degrees.tolist()
-        [3, 1, 2]
+        [2, 3, 1]
     """
 
     def __init__(

@@ -41,7 +41,7 @@ class Planar(FlowTransform):
         max_iter: Newton iterations for the inverse.
 
     Example:
-        >>> torch.manual_seed(0); t = Planar(2)
+        >>> _ = torch.manual_seed(0); t = Planar(2)
         >>> x = torch.randn(5, 2)
         >>> t.clear_cache(); torch.allclose(t.inv(t(x)), x, atol=1e-5)
         True
