@@ -1,0 +1,416 @@
+r"""Maximum-likelihood training of a flow: :func:`fit`.
+
+Given data :math:`x_1, \dots, x_N` (and contexts :math:`c_i` for a conditional flow), ``fit``
+minimises the average negative log-likelihood
+
+.. math:: \mathcal{L}(\theta) = -\frac{1}{N} \sum_{i=1}^N \log p_\theta(x_i \mid c_i)
+
+by minibatch stochastic gradient descent (Adam by default), or another objective (flow matching
+for continuous flows, or any callable). The loop itself (rollback on divergence, checkpoints,
+early stopping, progress bar) lives in :mod:`pyroflows.infer.engine` and is shared with
+:func:`~pyroflows.infer.fit_svi`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from torch import Tensor, nn
+
+from .engine import History, LoopConfig, load_checkpoint, train
+
+__all__ = ["fit"]
+
+Objective = Callable[[nn.Module, Tensor, "Tensor | None"], Tensor]
+
+
+# ---- data checks -------------------------------------------------------------------------------
+
+
+def _shape_str(shape: Sequence[int]) -> str:
+    return "(N, " + ", ".join(map(str, shape)) + ")"
+
+
+def as_tensor(x: Any, name: str) -> Tensor:
+    """A torch view of a tensor, numpy array or array-like of numbers (no copy when possible)."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, (np.ndarray, list, tuple)) or hasattr(x, "__array__"):
+        arr = np.asarray(x)
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_) or np.iscomplexobj(
+            arr
+        ):
+            raise TypeError(f"{name} must hold real numbers; got an array of dtype {arr.dtype}")
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    raise TypeError(f"{name} must be a torch.Tensor or a numpy array; got {type(x).__name__}")
+
+
+def check_rows(
+    x: Any,
+    name: str,
+    shape: Sequence[int],
+    *,
+    dtype: torch.dtype,
+    device: torch.device,
+    rows: int | None = None,
+) -> Tensor:
+    """Convert ``x`` to a ``(N, *shape)`` tensor of ``dtype`` on ``device``, or raise a
+    ``ValueError`` that says what is wrong: the shape, the row count (``rows``), or which rows
+    hold NaN/Inf."""
+    t = as_tensor(x, name)
+    shape = tuple(shape)
+    if t.dim() != 1 + len(shape) or tuple(t.shape[1:]) != shape:
+        hint = ""
+        if tuple(t.shape) == shape:
+            hint = f"; a single point needs a leading batch axis: {name}[None]"
+        elif t.dim() == 1 and shape == (1,):
+            hint = f"; reshape it: {name}.reshape(-1, 1)"
+        elif len(shape) == 3 and t.dim() == 4 and tuple(t.shape[1:]) == (*shape[1:], shape[0]):
+            hint = f"; images must be channels-first: {name}.permute(0, 3, 1, 2)"
+        raise ValueError(f"Expected {name} shape {_shape_str(shape)}; got {tuple(t.shape)}{hint}")
+    if rows is not None and t.shape[0] != rows:
+        raise ValueError(
+            f"{name} has {t.shape[0]} rows but the data has {rows}; they must match row for row"
+        )
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    t = t.to(device=device, dtype=dtype)
+    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
+    n = int(bad.sum())
+    if n:
+        idx = torch.nonzero(bad).reshape(-1)[:10].tolist()
+        more = ", ..." if n > 10 else ""
+        s = "s" if n > 1 else ""
+        raise ValueError(
+            f"{name} has {n} row{s} with NaN/Inf (row{s} {', '.join(map(str, idx))}{more}); "
+            "remove or impute them"
+        )
+    return t
+
+
+# ---- the task ----------------------------------------------------------------------------------
+
+
+def nll(flow: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
+    """Mean negative log-likelihood of a batch (the default objective)."""
+    d = flow(context) if context is not None else flow()
+    return -d.log_prob(x).mean()
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+class _FitTask:
+    """Minibatches of the training rows, the objective, regularisation and validation."""
+
+    kind = "fit"
+
+    def __init__(
+        self,
+        flow: nn.Module,
+        x: Tensor,
+        c: Tensor | None,
+        val: tuple[Tensor, Tensor | None] | None,
+        *,
+        batch_size: int,
+        seed: int,
+        objective: Objective,
+        regularization: dict[str, float],
+    ) -> None:
+        self.flow = self.target = flow
+        self.x, self.c, self.val = x, c, val
+        self.has_validation = val is not None
+        self.batch_size = min(batch_size, len(x))
+        self.per_epoch = max(1, len(x) // self.batch_size)  # the last partial batch is dropped
+        self.seed = seed
+        self.objective = objective
+        self.weights = regularization
+        self.reg_modules = [
+            m for m in flow.modules() if callable(getattr(m, "regularization", None))
+        ]
+        self.nfe_modules = [m for m in flow.modules() if hasattr(m, "nfe")]
+        self._epoch, self._perm = -1, None
+        self._named = [(n, p) for n, p in flow.named_parameters() if p.requires_grad]
+        parts = [x] if val is None else [x, val[0]]
+        self._checksum = float(f"{sum(float(t.double().sum()) for t in parts):.6g}")
+        self._checked = not regularization
+        # every parameter and buffer; modules update them in place (ActNorm's fill_, optimisers)
+        self._state = flow.state_dict(keep_vars=True)
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        return self._named  # fixed for the whole run (asked for at every step)
+
+    def state(self) -> dict[str, Tensor]:
+        return self._state
+
+    def meta(self) -> dict[str, Any]:
+        n_val = 0 if self.val is None else len(self.val[0])
+        return {
+            "n_train": len(self.x),
+            "n_val": n_val,
+            "batch_size": self.batch_size,
+            "data_checksum": self._checksum,
+        }
+
+    def set_training(self, mode: bool) -> None:
+        self.flow.train(mode)
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor | None]:
+        """The rows of step ``step``: a fresh permutation per epoch, a function of (seed, epoch)."""
+        epoch, i = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            self._perm = torch.randperm(len(self.x), generator=g).to(self.x.device)
+            self._epoch = epoch
+        rows = self._perm[i * self.batch_size : (i + 1) * self.batch_size]  # type: ignore[index]
+        return self.x[rows], None if self.c is None else self.c[rows]
+
+    def loss(self, step: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        x, c = self.batch(step)
+        value = self.objective(self.flow, x, c)
+        total, extras = value, {}
+        reg: dict[str, Tensor] = {}
+        for m in self.reg_modules:
+            for name, v in m.regularization().items():
+                reg[name] = reg[name] + v if name in reg else v
+        if not self._checked:
+            missing = set(self.weights) - set(reg)
+            if missing:
+                raise ValueError(
+                    f"regularization names {sorted(missing)} are not reported by any module of "
+                    f"the flow; available: {sorted(reg) or 'none'} (a ContinuousFlow reports "
+                    "'kinetic' and 'jacobian' when built with regularize=True)"
+                )
+            self._checked = True
+        for name, v in reg.items():
+            w = self.weights.get(name, 0.0)
+            if w:
+                total = total + w * v
+            extras["reg:" + name] = v
+        if self.nfe_modules:
+            extras["nfe"] = float(sum(m.nfe for m in self.nfe_modules))
+        return total, value, extras
+
+    def validate(self) -> float:
+        x, c = self.val  # type: ignore[misc]
+        chunk = 4 * self.batch_size
+        total = torch.zeros((), dtype=torch.float64, device=x.device)
+        # a stochastic objective (flow matching) sees the same noise at every check, and the
+        # training stream of random numbers does not depend on how often validation runs
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed)
+            for s in range(0, len(x), chunk):
+                xb, cb = x[s : s + chunk], None if c is None else c[s : s + chunk]
+                total += self.objective(self.flow, xb, cb).double() * len(xb)
+        return float(total) / len(x)
+
+
+def _reference(flow: nn.Module) -> tuple[torch.dtype, torch.device]:
+    for t in (*flow.parameters(), *flow.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def _objective(objective: Any, kwargs: dict[str, Any]) -> Objective:
+    if objective == "nll":
+        if kwargs:
+            raise ValueError("objective_kwargs are only used by objective='flow_matching'")
+        return nll
+    if objective == "flow_matching":
+        from .flow_matching import flow_matching_loss
+
+        return lambda flow, x, c: flow_matching_loss(flow, x, c, **kwargs)
+    if callable(objective) and not isinstance(objective, str):
+        return objective
+    raise ValueError(
+        f"objective must be 'nll', 'flow_matching' or a callable (flow, batch, context) -> loss; "
+        f"got {objective!r}"
+    )
+
+
+def fit(
+    flow: nn.Module,
+    data: Any,
+    *,
+    context: Any = None,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    optimizer: Any = "adam",
+    lr_schedule: Any = None,
+    weight_decay: float = 0.0,
+    clip_grad: float | None = None,
+    val_fraction: float = 0.1,
+    val_data: Any = None,
+    val_context: Any = None,
+    patience: int | None = None,
+    eval_every: int | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+    device: str | torch.device | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
+    callbacks: Sequence[Callable] | Callable = (),
+    objective: str | Objective = "nll",
+    objective_kwargs: dict[str, Any] | None = None,
+    regularization: dict[str, float] | None = None,
+) -> History:
+    """Fit ``flow`` to ``data`` by maximum likelihood (or another ``objective``).
+
+    Args:
+        flow: a :class:`~pyroflows.Flow` (anything with ``event_shape`` whose call returns a
+            distribution). Trained in place; at the end it holds the best-validation weights.
+        data: ``(N, *flow.event_shape)`` tensor or numpy array: ``(N, D)`` tables, ``(N, C, H, W)``
+            images. Moved to the flow's device and dtype. Shapes and finiteness are checked
+            before training, with errors that locate the bad rows.
+        context: ``(N, context_dim)`` contexts for a conditional flow, row for row with ``data``.
+        steps, epochs: training length (give at most one; default 1000 steps). An epoch is
+            ``N_train // batch_size`` steps; each epoch visits the rows in a fresh random order.
+        batch_size, lr, weight_decay: minibatch size, learning rate, decoupled weight decay.
+        optimizer: ``"adam"`` (AdamW when ``weight_decay`` > 0), ``"adamw"``, ``"sgd"``,
+            ``"rmsprop"``, or a ``torch.optim`` class / factory ``(params, lr=...)``.
+        lr_schedule: ``None``, ``"cosine"`` (to 0 over the run), or a factory
+            ``optimizer -> scheduler`` (``ReduceLROnPlateau`` is stepped with the validation loss).
+        clip_grad: maximum global gradient norm.
+        val_fraction: share of ``data`` held out for validation (ignored when ``val_data`` is
+            given; 0 disables validation). ``val_context`` goes with ``val_data``.
+        patience: stop after this many validation checks without improvement.
+        eval_every: steps between validation checks (default: once per epoch, and at least
+            ten times per run); the last step is always checked.
+        progress: show a tqdm bar with the loss (only when stderr is a terminal).
+        seed: seeds Pyro/torch/numpy/random and the batch order, for a reproducible run.
+        device: move the flow there first (default: where it is).
+        checkpoint, checkpoint_every: save everything needed to resume to ``checkpoint`` every
+            ``checkpoint_every`` steps, at the end, and when interrupted between two steps
+            (Ctrl-C, or an exception raised by a callback).
+        resume: continue from ``checkpoint`` if the file exists (exactly: the weights end
+            bit-identical to an uninterrupted run); start afresh if it does not.
+        callbacks: ``cb(step, history, flow) -> bool | None`` after every step; ``True`` stops.
+        objective: ``"nll"``; ``"flow_matching"`` (``pyroflows.infer.flow_matching``, with
+            ``objective_kwargs``; its validation loss is the same flow-matching loss on the
+            validation rows, with the same noise at every check; not a likelihood); or a callable
+            ``(flow, batch, context) -> scalar loss``, used for validation too.
+        regularization: ``{name: weight}``; after each loss evaluation every module with a
+            ``regularization()`` method (e.g. a CNF's kinetic energy) reports ``{name: value}``,
+            and ``sum(weight * value)`` is added to the training loss (not to the validation
+            loss). All reported values are recorded in ``History.regularization``, and the
+            ``nfe`` of modules that have one in ``History.nfe``.
+
+    Returns:
+        The :class:`~pyroflows.infer.History` (train/validation losses, best step, rollbacks...).
+
+    A step whose loss or gradients are NaN/Inf (or that raises
+    :class:`~pyroflows.NonFiniteError`) is rolled back (weights and optimiser state), the
+    learning rate halved, and a warning issued; five failures in a row stop training with
+    ``History.diverged`` set and the last finite weights in place.
+
+    Example:
+        >>> import torch, pyroflows as pf
+        >>> x = torch.randn(500, 2) * torch.tensor([1.0, 2.0]) + 3
+        >>> flow = pf.MAF(2, num_layers=2, hidden_dims=(16,))
+        >>> history = pf.fit(flow, x, steps=200, lr=1e-2, seed=0, progress=False)
+        >>> history.steps, history.best_val_loss < 4.0
+        (200, True)
+    """
+    if not isinstance(flow, nn.Module) or not hasattr(flow, "event_shape"):
+        raise TypeError(
+            f"flow must be a pyroflows Flow (an nn.Module with event_shape); got {type(flow).__name__}"
+        )
+    if steps is not None and epochs is not None:
+        raise ValueError("give steps or epochs, not both")
+    if epochs is not None and not (isinstance(epochs, int) and epochs >= 1):
+        raise ValueError(f"epochs must be a whole number >= 1; got {epochs!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive; got {batch_size}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=path")
+    if device is not None:
+        flow.to(device)
+    dtype, dev = _reference(flow)
+    shape = tuple(flow.event_shape)
+    context_dim = int(getattr(flow, "context_dim", 0) or 0)
+    x = check_rows(data, "data", shape, dtype=dtype, device=dev)
+
+    def _context(c: Any, name: str, rows: int) -> Tensor | None:
+        if context_dim and c is None:
+            raise ValueError(
+                f"the flow is conditional (context_dim={context_dim}); pass {name}=array of "
+                f"shape ({rows}, {context_dim})"
+            )
+        if not context_dim and c is not None:
+            raise ValueError(f"the flow is unconditional; do not pass {name}")
+        if c is None:
+            return None
+        return check_rows(c, name, (context_dim,), dtype=dtype, device=dev, rows=rows)
+
+    c = _context(context, "context", len(x))
+    ckpt = load_checkpoint(checkpoint) if resume else None
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    if ckpt is not None:
+        base = int(ckpt["seed"])
+    else:
+        base = seed if seed is not None else int(torch.randint(2**31 - 1, ()))
+
+    val = None
+    if val_data is not None:
+        vx = check_rows(val_data, "val_data", shape, dtype=dtype, device=dev)
+        val = (vx, _context(val_context, "val_context", len(vx)))
+    elif val_context is not None:
+        raise ValueError("val_context goes with val_data")
+    elif val_fraction > 0 and len(x) >= 2:
+        n_val = min(max(1, round(len(x) * val_fraction)), len(x) - 1)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(base)).to(dev)
+        val = (x[perm[:n_val]], None if c is None else c[perm[:n_val]])
+        x, c = x[perm[n_val:]], None if c is None else c[perm[n_val:]]
+    if patience is not None and val is None:
+        raise ValueError("patience needs validation data: set val_fraction > 0 or pass val_data")
+
+    task = _FitTask(
+        flow,
+        x,
+        c,
+        val,
+        batch_size=batch_size,
+        seed=base,
+        objective=_objective(objective, dict(objective_kwargs or {})),
+        regularization=dict(regularization or {}),
+    )
+    if steps is None:
+        steps = epochs * task.per_epoch if epochs is not None else 1000
+    if eval_every is None:
+        eval_every = max(1, min(task.per_epoch, math.ceil(steps / 10)))
+    cfg = LoopConfig(
+        steps=int(steps),
+        lr=lr,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        weight_decay=weight_decay,
+        clip_grad=clip_grad,
+        eval_every=int(eval_every),
+        patience=patience,
+        progress=progress,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        callbacks=(callbacks,) if callable(callbacks) else tuple(callbacks),
+        seed=base,
+        desc="fit",
+    )
+    was_training = flow.training
+    try:
+        return train(task, cfg, ckpt)
+    finally:
+        flow.train(was_training)

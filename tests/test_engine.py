@@ -1,0 +1,252 @@
+"""The training loop shared by pf.fit and pf.fit_svi (pyroflows.infer.engine), exercised through
+pf.fit: rollback on divergence, validation and early stopping, callbacks, checkpoints with exact
+resume, optimisers and schedules, the progress bar."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from test_fit import all_finite, gaussian, linear_flow, same_state, state
+
+import pyroflows as pf
+from pyroflows.transforms import NonFiniteError
+
+# ---- rollback and divergence ----------------------------------------------------------------------
+
+
+def failing(bad_calls, kind="nan"):
+    """NLL objective that fails on the given (0-based) training calls."""
+    calls = {"n": 0}
+
+    def objective(flow, x, c):
+        loss = -flow.log_prob(x).mean()
+        if not torch.is_grad_enabled():  # validation
+            return loss
+        k, calls["n"] = calls["n"], calls["n"] + 1
+        if k in bad_calls:
+            if kind == "nan":
+                return loss * float("nan")
+            if kind == "grad":  # finite value, NaN gradient (the classic where-sqrt trap)
+                p = flow.transforms[1].log_scale
+                return loss + torch.where(p > -1e9, 0.0, torch.sqrt(-p - 1e9)).sum()
+            raise NonFiniteError("LULinear (inverse): produced NaN or Inf from a finite input.")
+        return loss
+
+    return objective
+
+
+@pytest.mark.parametrize("kind", ["nan", "grad", "raise"])
+def test_a_failed_step_is_rolled_back_and_training_continues(kind):
+    flow = linear_flow()
+    with pytest.warns(RuntimeWarning, match="rolled back") as rec:
+        h = pf.fit(
+            flow, gaussian(500, 0), steps=40, lr=0.05, objective=failing({10}, kind), progress=False
+        )
+    assert h.rollbacks == 1 and h.rollback_steps == [10] and not h.diverged
+    assert h.final_lr == pytest.approx(0.025)
+    assert math.isnan(h.train_loss[10]) and math.isfinite(h.train_loss[-1])
+    assert all_finite(flow)
+    if kind == "grad":
+        assert any("transforms.1.log_scale" in str(w.message) for w in rec)
+
+
+def test_rollback_restores_weights_and_optimiser_state_exactly():
+    from pyroflows.infer.state import _Snapshot
+
+    w = torch.nn.Parameter(torch.randn(3))
+    opt, snap = torch.optim.Adam([w], lr=0.1), _Snapshot()
+    for _ in range(4):  # the first saves allocate; later ones reuse the buffers
+        (w**2).sum().backward()
+        snap.save({"w": w}, opt)
+        before = w.detach().clone(), {k: v.clone() for k, v in opt.state[w].items()}
+        opt.step()
+        opt.zero_grad()
+    snap.restore({"w": w}, opt)
+    assert torch.equal(w.detach(), before[0])
+    assert before[1].keys() == opt.state[w].keys()
+    assert all(torch.equal(opt.state[w][k], v) for k, v in before[1].items())
+
+
+def test_repeated_failures_stop_with_the_last_good_weights():
+    flow = linear_flow()
+    snaps = {}
+    cb = lambda step, h, f: snaps.__setitem__(step, state(f))  # noqa: E731
+    with pytest.warns(RuntimeWarning) as rec:
+        h = pf.fit(
+            flow,
+            gaussian(500, 0),
+            steps=100,
+            lr=0.05,
+            val_fraction=0.0,
+            objective=failing(set(range(20, 100))),
+            callbacks=[cb],
+            progress=False,
+        )
+    assert h.diverged and h.rollbacks == 5 and h.steps == 25
+    assert "diverged" in str(rec[-1].message)
+    assert "the loss is nan" in h.message
+    assert all_finite(flow)
+    # step 19 was the last good update; its starting point (the state after step 18) was the
+    # last state whose loss and gradients were checked, so that is where the weights are now
+    assert same_state(state(flow), snaps[18])
+
+
+def test_a_huge_learning_rate_never_leaves_nan_weights():
+    flow = pf.RealNVP(2, num_layers=2, hidden_dims=(16,))
+    x = gaussian(400, 0) * 1e3
+    with pytest.warns(RuntimeWarning):
+        h = pf.fit(flow, x, steps=60, lr=1e4, optimizer="sgd", seed=0, progress=False)
+    assert h.rollbacks >= 1
+    assert all_finite(flow)
+
+
+# ---- validation, early stopping, callbacks ---------------------------------------------------------
+
+
+def test_best_validation_weights_are_restored():
+    checks = {"n": 0}
+    scores = [5.0, 4.0, 3.0, 3.5, 4.5, 6.0, 7.0, 8.0]
+
+    def objective(flow, x, c):
+        if torch.is_grad_enabled():
+            return -flow.log_prob(x).mean()
+        checks["n"] += 1
+        return torch.tensor(scores[checks["n"] - 1])
+
+    snaps = {}
+    flow = linear_flow()
+    h = pf.fit(
+        flow,
+        gaussian(300, 0),
+        steps=50,
+        eval_every=1,
+        patience=3,
+        objective=objective,
+        callbacks=lambda step, hist, f: snaps.__setitem__(step, state(f)),
+        progress=False,
+    )
+    assert h.val_loss == scores[:6] and h.val_steps == list(range(6))
+    assert h.best_step == 2 and h.best_val_loss == 3.0
+    assert h.stopped_early and h.steps == 6
+    assert same_state(state(flow), snaps[2])  # the weights validated at the best check
+    assert not same_state(snaps[5], snaps[2])  # ... although training moved on
+
+
+def test_a_callback_returning_true_stops_the_run():
+    h = pf.fit(linear_flow(), gaussian(200, 0), steps=50, callbacks=lambda k, h, f: k == 4,
+               progress=False)  # fmt: skip
+    assert h.steps == 5 and h.stopped_early and "callback" in h.message
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+OPTS = dict(steps=60, lr=1e-2, batch_size=64, seed=5, lr_schedule="cosine", eval_every=7,
+            checkpoint_every=20, progress=False)  # fmt: skip
+
+
+def glow(seed: int) -> pf.Flow:
+    torch.manual_seed(seed)
+    return pf.Glow(2, num_layers=2, hidden_dims=(8,))  # ActNorm buffers, LU, couplings
+
+
+class Interruptible:
+    """The NLL objective; raises KeyboardInterrupt on training call ``at`` when armed."""
+
+    def __init__(self, at: int | None = None) -> None:
+        self.at, self.calls = at, 0
+
+    def __call__(self, flow, x, c):
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls == self.at:
+                raise KeyboardInterrupt
+        return -flow.log_prob(x).mean()
+
+
+@pytest.mark.parametrize("where, saved_at", [("callback", 31), ("mid-step", 20)])
+def test_resume_after_an_interrupt_is_bit_identical(tmp_path, where, saved_at):
+    x = gaussian(500, 0)
+    ref = glow(0)
+    h_ref = pf.fit(ref, x, checkpoint=tmp_path / "ref.pt", objective=Interruptible(), **OPTS)
+
+    def interrupt(step, history, flow):
+        if step == 30:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        if where == "callback":  # between steps: the state is saved right there
+            pf.fit(
+                glow(0), x, checkpoint=path, callbacks=interrupt, objective=Interruptible(), **OPTS
+            )
+        else:  # inside a step: the last periodic checkpoint stands
+            pf.fit(glow(0), x, checkpoint=path, objective=Interruptible(at=35), **OPTS)
+    assert torch.load(path, weights_only=True)["step"] == saved_at
+    fresh = glow(1)  # other initial weights, other global RNG state: the checkpoint restores all
+    h = pf.fit(fresh, x, checkpoint=path, resume=True, objective=Interruptible(), **OPTS)
+    assert same_state(state(fresh), state(ref))
+    assert h.train_loss == h_ref.train_loss and h.val_loss == h_ref.val_loss
+    assert (h.best_step, h.final_lr) == (h_ref.best_step, h_ref.final_lr)
+    # resuming a finished run changes nothing
+    done = glow(2)
+    again = pf.fit(done, x, checkpoint=tmp_path / "ref.pt", resume=True, **OPTS)
+    assert again.train_loss == h_ref.train_loss and same_state(state(done), state(ref))
+
+
+def test_seeded_runs_repeat_and_resume_checks_its_settings(tmp_path):
+    x = gaussian(300, 0)
+    a, b = glow(0), glow(0)
+    pf.fit(a, x, steps=15, seed=3, progress=False)
+    pf.fit(b, x, steps=15, seed=3, progress=False)
+    assert same_state(state(a), state(b))
+    pf.fit(glow(0), x, checkpoint=tmp_path / "c.pt", **OPTS)
+    with pytest.raises(ValueError, match="batch_size"):
+        pf.fit(glow(0), x, checkpoint=tmp_path / "c.pt", resume=True, **{**OPTS, "batch_size": 32})
+    with pytest.raises(ValueError, match="data_checksum"):
+        pf.fit(glow(0), x + 1, checkpoint=tmp_path / "c.pt", resume=True, **OPTS)
+    with pytest.raises(ValueError, match="not a pyroflows checkpoint"):
+        (tmp_path / "junk.pt").write_text("junk")
+        pf.fit(glow(0), x, checkpoint=tmp_path / "junk.pt", resume=True, **OPTS)
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    ["sgd", "adamw", torch.optim.RMSprop, lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9)],
+)
+def test_optimizers_and_the_cosine_schedule(optimizer):
+    h = pf.fit(linear_flow(), gaussian(300, 0), steps=20, lr=0.01, optimizer=optimizer,
+               lr_schedule="cosine", progress=False)  # fmt: skip
+    assert h.lr[0] == pytest.approx(0.01) and h.final_lr == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(h.lr, h.lr[1:], strict=False))
+
+
+# ---- progress bar, last-step repair --------------------------------------------------------------
+
+
+def test_a_corrupted_parameter_is_rolled_back_even_at_the_last_step():
+    flow = linear_flow()
+
+    def corrupt(step, history, f):
+        if step in (10, 29):  # 29 is the last step: fit must not return NaN weights either
+            with torch.no_grad():
+                f.transforms[1].log_scale.fill_(float("nan"))
+
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        h = pf.fit(flow, gaussian(300, 0), steps=30, val_fraction=0.0, callbacks=corrupt,
+                   progress=False)  # fmt: skip
+    assert h.rollbacks == 1 and h.rollback_steps == [11] and all_finite(flow)
+    assert h.diverged and "not finite" in h.message  # the end state was repaired
+
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    import sys
+
+    pf.fit(linear_flow(), gaussian(100, 0), steps=3, progress=True)
+    assert capsys.readouterr().err == ""  # stderr is captured here, not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    pf.fit(linear_flow(), gaussian(100, 0), steps=3, progress=True)
+    assert "loss=" in capsys.readouterr().err
+    pf.fit(linear_flow(), gaussian(100, 0), steps=3, progress=False)
+    assert capsys.readouterr().err == ""
