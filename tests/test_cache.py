@@ -58,3 +58,13 @@ def test_log_det_is_handed_out_once():
     y = t(x)
     t.log_abs_det_jacobian(x, y)
     assert t._slot is None
+
+
+def test_in_place_change_of_the_input_invalidates_the_slot():
+    t = T.ElementwiseAffine(2)
+    with torch.no_grad():
+        t.shift.fill_(1.0)
+    x = torch.ones(2)
+    t(x)
+    x.add_(1)
+    torch.testing.assert_close(t(x), torch.full((2,), 3.0), check_dtype=False)

@@ -8,7 +8,7 @@ from conftest import context_for, perturb
 from registry import REGISTRY
 
 import pyroflows as pf
-from pyroflows.diagnostics.checks import roundtrip_errors, steps_of
+from pyroflows.diagnostics.checks import _forward, roundtrip_errors, steps_of
 
 IDS = sorted(REGISTRY)
 FLOW_IDS = [k for k in IDS if REGISTRY[k].is_flow]
@@ -36,8 +36,14 @@ def test_roundtrip_without_cache(key, dtype, make):
     obj = make(entry, dtype)
     ctx = context_for(entry, (4,), dtype)
     steps = steps_of(obj, ctx)
-    tol = entry.tol if dtype == torch.float64 else 1e-4
-    fwd, inv = roundtrip_errors(steps, _x(entry, dtype=dtype))
+    x = _x(entry, dtype=dtype)
+    fwd, inv = roundtrip_errors(steps, x)
+    if dtype == torch.float64:
+        tol = entry.tol
+    else:  # float32: relative to the largest intermediate value (perturbed deep flows reach ~1e2)
+        with torch.no_grad():
+            scale = max(float(_forward(steps, x)[0].abs().max()), 1.0)
+        tol = 1e-5 * scale + 1e-4
     assert fwd < tol and inv < tol
 
 
@@ -78,7 +84,7 @@ def test_transform_batch_shapes(key, batch, make):
     x = _x(entry, batch, torch.float32)
     y, ld = t.forward_and_log_det(x, ctx)
     x2, ld2 = t.inverse_and_log_det(y, ctx)
-    assert y.shape == x.shape and x2.shape == x.shape
+    assert y.shape == t.forward_shape(x.shape) and x2.shape == x.shape  # Squeeze changes shape
     assert ld.shape == batch and ld2.shape == batch
 
 
