@@ -17,7 +17,9 @@ def test_wrong_data_shape(flow_cls):
 
 
 def test_wrong_shape_at_transform_level_names_the_layer():
-    with pytest.raises(ValueError, match=r"Coupling: expected input shape \(\.\.\., 4\); got \(2, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"Coupling: expected input shape \(\.\.\., 4\); got \(2, 3\)"
+    ):
         T.Coupling(4)(torch.randn(2, 3))
 
 
@@ -34,7 +36,7 @@ def test_non_finite_output_from_finite_input_names_the_layer():
     t = T.ElementwiseAffine(2)
     with torch.no_grad():
         t.log_scale.fill_(1e4)
-    with pytest.raises(pf.NonFiniteError, match="ElementwiseAffine.*finite input"):
+    with pytest.raises(pf.NonFiniteError, match=r"ElementwiseAffine.*finite input"):
         t(torch.ones(1, 2))
 
 
