@@ -5,29 +5,70 @@ distribution over the data. Transforms follow Pyro's direction convention: ``_ca
 data (sampling) and ``_inverse`` maps data -> base (density).
 """
 
-from . import nn, transforms
-from .diagnostics import CheckReport, check_flow
-from .flows import FLOWS, IAF, MAF, NICE, Flow, FlowDistribution, Glow, Planar, RealNVP, load, save
+from . import datasets, nn, transforms
+from .diagnostics import (
+    CheckReport,
+    OODDetector,
+    PSISDiagnostic,
+    bits_per_dim,
+    bits_per_dim_loss,
+    check_flow,
+    inverse_stability,
+    psis_diagnostic,
+    save_image_grid,
+    to_inference_data,
+)
+from .flows import (
+    CNF,
+    FLOWS,
+    IAF,
+    MAF,
+    NICE,
+    Flow,
+    FlowDistribution,
+    Glow,
+    Planar,
+    RealNVP,
+    load,
+    save,
+)
+from .infer import AutoFlow, History, fit, fit_svi
 from .transforms.base import NonFiniteError, validation
+from .transforms.dequantize import dequantize
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CNF",
     "FLOWS",
     "IAF",
     "MAF",
     "NICE",
+    "AutoFlow",
     "CheckReport",
     "Flow",
     "FlowDistribution",
     "Glow",
+    "History",
     "NonFiniteError",
+    "OODDetector",
+    "PSISDiagnostic",
     "Planar",
     "RealNVP",
+    "bits_per_dim",
+    "bits_per_dim_loss",
     "check_flow",
+    "datasets",
+    "dequantize",
+    "fit",
+    "fit_svi",
+    "inverse_stability",
     "load",
     "nn",
+    "psis_diagnostic",
     "save",
+    "save_image_grid",
+    "to_inference_data",
     "transforms",
     "validation",
 ]

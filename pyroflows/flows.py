@@ -17,6 +17,7 @@ import functools
 import importlib
 import inspect
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,18 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform
 
+from .augmented import AugmentedFlowDistribution, GaussianAuxiliary
 from .transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedAutoregressive
 from .transforms.base import FlowTransform, NonFiniteError, is_validation_enabled
+from .transforms.continuous import ConditionalContinuousFlow, ContinuousFlow
 from .transforms.coupling import ConditionalCoupling, Coupling
 from .transforms.linear import ActNorm, ElementwiseAffine, LULinear
+from .transforms.multiscale import glow_transforms, is_image_form, realnvp_image_transforms
 from .transforms.planar import ConditionalPlanar
 from .transforms.planar import Planar as PlanarTransform
 
 __all__ = [
+    "CNF",
     "FLOWS",
     "IAF",
     "MAF",
@@ -73,6 +78,8 @@ class FlowDistribution(dist.TransformedDistribution):
         if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
             want = "(..., " + ", ".join(map(str, self.event_shape)) + ")"
             raise ValueError(f"Expected data shape {want}; got {tuple(value.shape)}.")
+        if math.isfinite(float(value.detach().sum())):  # one reduction; NaN/Inf poison the sum
+            return
         bad = ~torch.isfinite(value)
         if bool(bad.any()):
             rows = torch.nonzero(bad.flatten(value.dim() - n).any(-1).reshape(-1))[:5, 0].tolist()
@@ -84,6 +91,12 @@ class FlowDistribution(dist.TransformedDistribution):
     def log_prob(self, value: Tensor) -> Tensor:
         self._check(value)
         return super().log_prob(value)
+
+    def expand(self, batch_shape, _instance=None) -> FlowDistribution:
+        """Expanded copy (``pyro.plate`` broadcasting); it shares the transforms and their slots."""
+        new = self._get_checked_instance(FlowDistribution, _instance)
+        new.temperature = self.temperature
+        return super().expand(batch_shape, _instance=new)
 
     def rsample(self, sample_shape: Sequence[int] = ()) -> Tensor:
         return self.rsample_and_log_prob(sample_shape, _log_prob=False)[0]
@@ -266,7 +279,7 @@ class Flow(nn.Module):
         """Samples and their log-density in one pass (the variational-guide hot path)."""
         return self(context).rsample_and_log_prob(torch.Size(sample_shape))
 
-    def save(self, path: str | Path, **metadata: Any) -> None:
+    def save(self, path: str | Path, /, **metadata: Any) -> None:
         """Save configuration, weights and JSON-able ``metadata``; see :func:`load`."""
         save(self, path, **metadata)
 
@@ -274,7 +287,7 @@ class Flow(nn.Module):
         return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}, base={self.base!r}"
 
 
-def save(flow: Flow, path: str | Path, **metadata: Any) -> None:
+def save(flow: Flow, path: str | Path, /, **metadata: Any) -> None:
     """Write a model file holding ``flow``'s configuration, weights and ``metadata``.
 
     Example:
@@ -413,27 +426,57 @@ class RealNVP(Flow):
     """RealNVP [Dinh et al. 2017]: affine coupling layers with alternating halves; both
     directions in one pass per layer.
 
+    Image form (``shape=(C, H, W)``, no ``input_dim``): the multi-scale architecture with
+    checkerboard and channel masks and conv conditioners, ``levels`` scales of ``steps``
+    couplings per mask type, ActNorm after each coupling and a ``logit`` pre-transform; see
+    :func:`pyroflows.transforms.realnvp_image_transforms`.
+
     Example:
         >>> flow = RealNVP(4, num_layers=2, hidden_dims=(16,))
         >>> flow.sample((3,)).shape
         torch.Size([3, 4])
+        >>> images = RealNVP(shape=(1, 8, 8), levels=2, steps=1, hidden_channels=8)
+        >>> images.sample((3,), temperature=0.7).shape
+        torch.Size([3, 1, 8, 8])
     """
 
     def __init__(
         self,
-        input_dim: int,
+        input_dim: int | None = None,
         num_layers: int = 5,
         hidden_dims: Sequence[int] = (64, 64),
         *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
         base: str = "normal",
+        shape: Sequence[int] | None = None,
+        levels: int = 2,
+        steps: int = 3,
+        hidden_channels: int | Sequence[int] = 64,
+        coupling: str = "affine",
+        logit: float | None = 0.05,
     ) -> None:
-        layers = [
-            _coupling(input_dim, hidden_dims, context_dim, swap=k % 2 == 1, activation=activation)
-            for k in range(num_layers)
-        ]
-        super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)
+        if is_image_form("RealNVP", input_dim, shape):
+            layers = realnvp_image_transforms(
+                shape,  # type: ignore[arg-type]
+                levels=levels,
+                steps=steps,
+                hidden_channels=hidden_channels,
+                coupling=coupling,
+                context_dim=context_dim,
+                activation=activation,
+                logit=logit,
+            )
+            event_shape = tuple(shape)  # type: ignore[arg-type]
+        else:
+            layers = [
+                _coupling(
+                    input_dim, hidden_dims, context_dim, swap=k % 2 == 1, activation=activation
+                )
+                for k in range(num_layers)
+            ]
+            event_shape = (input_dim,)
+        super().__init__(layers, event_shape=event_shape, context_dim=context_dim, base=base)
 
 
 class NICE(Flow):
@@ -475,32 +518,64 @@ class Glow(Flow):
     """Glow [Kingma & Dhariwal 2018] on vectors: steps of ActNorm -> invertible linear (LU) ->
     affine coupling, applied in that order to the data.
 
+    Image form (``shape=(C, H, W)``, no ``input_dim``): the multi-scale architecture, ``levels``
+    scales of squeeze and ``steps`` x (ActNorm, invertible 1x1 convolution, coupling with a conv
+    conditioner), half of the channels factored out after each level under a learned prior;
+    see :func:`pyroflows.transforms.glow_transforms`. Both directions are fast.
+
     Example:
         >>> flow = Glow(4, num_layers=2, hidden_dims=(16,))
         >>> [type(t).__name__ for t in flow.transforms][:3]
         ['Coupling', 'LULinear', 'ActNorm']
+        >>> images = Glow(shape=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+        >>> images.log_prob(torch.rand(5, 1, 8, 8)).shape
+        torch.Size([5])
     """
 
     def __init__(
         self,
-        input_dim: int,
+        input_dim: int | None = None,
         num_layers: int = 5,
         hidden_dims: Sequence[int] = (64, 64),
         *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
         base: str = "normal",
+        shape: Sequence[int] | None = None,
+        levels: int = 2,
+        steps: int = 4,
+        hidden_channels: int | Sequence[int] = 64,
+        coupling: str = "affine",
+        learned_prior: bool = True,
+        logit: float | None = 0.05,
     ) -> None:
-        layers: list[Transform] = []
-        for k in range(num_layers):
-            layers += [
-                _coupling(
-                    input_dim, hidden_dims, context_dim, swap=k % 2 == 1, activation=activation
-                ),
-                LULinear(input_dim),
-                ActNorm(input_dim),
-            ]
-        super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)
+        if is_image_form("Glow", input_dim, shape):
+            layers: list[Transform] = list(
+                glow_transforms(
+                    shape,  # type: ignore[arg-type]
+                    levels=levels,
+                    steps=steps,
+                    hidden_channels=hidden_channels,
+                    coupling=coupling,
+                    learned_prior=learned_prior,
+                    context_dim=context_dim,
+                    activation=activation,
+                    logit=logit,
+                )
+            )
+            event_shape = tuple(shape)  # type: ignore[arg-type]
+        else:
+            layers = []
+            for k in range(num_layers):
+                layers += [
+                    _coupling(
+                        input_dim, hidden_dims, context_dim, swap=k % 2 == 1, activation=activation
+                    ),
+                    LULinear(input_dim),
+                    ActNorm(input_dim),
+                ]
+            event_shape = (input_dim,)
+        super().__init__(layers, event_shape=event_shape, context_dim=context_dim, base=base)
 
 
 class Planar(Flow):
@@ -529,3 +604,84 @@ class Planar(Flow):
         else:
             layers = [PlanarTransform(input_dim) for _ in range(num_layers)]
         super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)
+
+
+class CNF(Flow):
+    r"""Continuous normalizing flow (FFJORD [Grathwohl et al. 2019]): one
+    :class:`~pyroflows.transforms.ContinuousFlow`, :math:`dz/dt = f(t, z[, c])`, trained by
+    maximum likelihood (``pf.fit``, optionally with RNODE ``regularization``) or by flow
+    matching (``pf.fit(..., objective="flow_matching")``); either way ``log_prob`` is the ODE
+    likelihood. Sampling and density cost one ODE solve each; ``flow.transform.nfe`` counts the
+    vector-field evaluations of the latest solve.
+
+    With ``augment_dim=k`` [Dupont et al. 2019] the ODE runs on :math:`(x, a) \in
+    \mathbb{R}^{d+k}` and calling the flow returns an
+    :class:`~pyroflows.augmented.AugmentedFlowDistribution` over :math:`x`: its ``log_prob`` is a
+    lower BOUND on :math:`\log p(x)` (importance-weighted, ``num_bound_samples`` samples of a
+    learnable Gaussian :math:`q(a \mid x)`), and ``sample`` drops :math:`a`.
+
+    Args:
+        input_dim: data dimension :math:`d`.
+        hidden_dims: hidden sizes of the vector field.
+        context_dim: context size (0: unconditional).
+        augment_dim: extra dimensions :math:`k` (0: none).
+        augment_hidden_dims: hidden sizes of :math:`q(a \mid x)`'s network.
+        num_bound_samples: importance samples of the augmented ``log_prob`` bound.
+        base: ``"normal"`` or ``"diag"`` (flow matching does not train the base).
+        **kwargs: options of :class:`~pyroflows.transforms.ContinuousFlow` (``divergence``,
+            ``regularize``, ``adjoint``, ``method``, ``rtol``, ``atol``, ``step_size``,
+            ``eval_*``, ``activation``, ``t0``, ``t1``, ``probe``).
+
+    Example:
+        >>> flow = CNF(2, hidden_dims=(16,), rtol=1e-4, atol=1e-4)
+        >>> x, lp = flow.rsample_and_log_prob((3,))
+        >>> x.shape, lp.shape, flow.transform.nfe > 0
+        (torch.Size([3, 2]), torch.Size([3]), True)
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        hidden_dims: Sequence[int] = (64, 64),
+        *,
+        context_dim: int = 0,
+        augment_dim: int = 0,
+        augment_hidden_dims: Sequence[int] = (32, 32),
+        num_bound_samples: int = 1,
+        base: str = "normal",
+        **kwargs: Any,
+    ) -> None:
+        if int(augment_dim) < 0:
+            raise ValueError(f"augment_dim must be >= 0; got {augment_dim}.")
+        dim = input_dim + int(augment_dim)
+        if context_dim:
+            t = ConditionalContinuousFlow(dim, context_dim, hidden_dims, **kwargs)
+        else:
+            t = ContinuousFlow(dim, hidden_dims, **kwargs)
+        super().__init__([t], event_shape=(dim,), context_dim=context_dim, base=base)
+        self.augment_dim, self.num_bound_samples = int(augment_dim), int(num_bound_samples)
+        if self.augment_dim:
+            self.auxiliary = GaussianAuxiliary(
+                input_dim, self.augment_dim, augment_hidden_dims, context_dim=context_dim
+            )
+            self.event_shape = torch.Size((input_dim,))  # the data side; the base is (d + k,)
+
+    @property
+    def transform(self) -> ContinuousFlow:
+        """The flow's one :class:`~pyroflows.transforms.ContinuousFlow`."""
+        return self.transforms[0]
+
+    def forward(  # type: ignore[override]
+        self, context: Tensor | None = None, *, temperature: float = 1.0
+    ) -> FlowDistribution | AugmentedFlowDistribution:
+        """The distribution over data (an augmented one, with a bound, if ``augment_dim > 0``)."""
+        d = super().forward(context, temperature=temperature)
+        if not self.augment_dim:
+            return d
+        return AugmentedFlowDistribution(
+            d,
+            self.auxiliary,
+            context,
+            data_dim=self.event_shape[0],
+            num_samples=self.num_bound_samples,
+        )

@@ -54,6 +54,57 @@ REGISTRY: dict[str, Entry] = {
     "lu_linear": Entry(lambda: T.LULinear(3)),
     "permute": Entry(lambda: T.Permute([2, 0, 1])),
     "reverse": Entry(lambda: T.Reverse(3)),
+    # continuous flows: tight solver tolerances so float64 checks see the exact map
+    "cnf": Entry(lambda: T.ContinuousFlow(3, H, rtol=1e-8, atol=1e-8), tol=1e-6, fast=False),
+    "cond_cnf": Entry(
+        lambda: T.ConditionalContinuousFlow(3, 2, H, rtol=1e-8, atol=1e-8),
+        context_dim=2,
+        tol=1e-6,
+        fast=False,
+    ),
+    # --- image transforms: shape is the base-side event shape --------------------------------
+    # (image flows use logit=None here: the generic tests score real-valued data; the logit
+    # forms are checked on [0, 1] data in tests/test_image.py)
+    "squeeze": Entry(lambda: T.Squeeze((2, 4, 4)), shape=(8, 2, 2)),
+    "reshape": Entry(lambda: T.Reshape((2, 4, 4), (8, 2, 2)), shape=(2, 4, 4)),
+    "logit": Entry(lambda: T.Logit((2, 4, 4), alpha=0.05), shape=(2, 4, 4)),
+    "actnorm_image": Entry(lambda: T.ActNorm(2, event_shape=(2, 4, 4)), shape=(2, 4, 4)),
+    "lu_linear_image": Entry(lambda: T.LULinear(3, event_shape=(3, 2, 2)), shape=(3, 2, 2)),
+    "image_coupling": Entry(lambda: T.ImageCoupling((3, 4, 4), (8,)), shape=(3, 4, 4)),
+    "image_coupling_swap_additive": Entry(
+        lambda: T.ImageCoupling((3, 4, 4), (8,), swap=True, transformer="additive"),
+        shape=(3, 4, 4),
+    ),
+    "image_checkerboard": Entry(
+        lambda: T.ImageCoupling((2, 4, 4), (8,), mask="checkerboard"), shape=(2, 4, 4)
+    ),
+    "image_checkerboard_swap": Entry(
+        lambda: T.ImageCoupling((1, 4, 4), (8, 8), mask="checkerboard", swap=True),
+        shape=(1, 4, 4),
+    ),
+    "cond_image_coupling": Entry(
+        lambda: T.ConditionalImageCoupling((2, 4, 4), 2, (8,)), shape=(2, 4, 4), context_dim=2
+    ),
+    "cond_split_prior": Entry(  # Glow's learned prior of a factored-out half
+        lambda: T.ConditionalImageCoupling((4, 2, 2), 2, (), swap=True),
+        shape=(4, 2, 2),
+        context_dim=2,
+    ),
+    "channel_slice": Entry(
+        lambda: T.ChannelSlice(
+            (4, 2, 2),
+            1,
+            [T.ImageCoupling((3, 2, 2), (8,)), T.LULinear(3, event_shape=(3, 2, 2))],
+        ),
+        shape=(4, 2, 2),
+    ),
+    "cond_channel_slice": Entry(
+        lambda: T.ConditionalChannelSlice(
+            (4, 2, 2), 2, [T.ConditionalImageCoupling((2, 2, 2), 2, (8,), mask="checkerboard")]
+        ),
+        shape=(4, 2, 2),
+        context_dim=2,
+    ),
     # --- flows --------------------------------------------------------------------------------
     "MAF": Entry(lambda: pf.MAF(3, 2, H), is_flow=True),
     "IAF": Entry(lambda: pf.IAF(3, 2, H), is_flow=True),
@@ -68,5 +119,53 @@ REGISTRY: dict[str, Entry] = {
     "cond_Glow": Entry(lambda: pf.Glow(3, 2, H, context_dim=2), is_flow=True, context_dim=2),
     "cond_Planar": Entry(
         lambda: pf.Planar(3, 2, H, context_dim=2), is_flow=True, context_dim=2, tol=1e-5
+    ),
+    "Glow_image": Entry(
+        lambda: pf.Glow(shape=(1, 4, 4), levels=2, steps=1, hidden_channels=8, logit=None),
+        shape=(1, 4, 4),
+        is_flow=True,
+        tol=1e-5,
+    ),
+    "Glow_image_additive": Entry(
+        lambda: pf.Glow(
+            shape=(1, 4, 4),
+            levels=2,
+            steps=2,
+            hidden_channels=(8,),
+            coupling="additive",
+            learned_prior=False,
+            logit=None,
+        ),
+        shape=(1, 4, 4),
+        is_flow=True,
+    ),
+    "RealNVP_image": Entry(
+        lambda: pf.RealNVP(shape=(1, 4, 4), levels=2, steps=1, hidden_channels=8, logit=None),
+        shape=(1, 4, 4),
+        is_flow=True,
+        tol=1e-5,
+    ),
+    "cond_Glow_image": Entry(
+        lambda: pf.Glow(
+            shape=(1, 4, 4),
+            levels=2,
+            steps=1,
+            hidden_channels=(8,),
+            context_dim=2,
+            learned_prior=False,
+            logit=None,
+        ),
+        shape=(1, 4, 4),
+        is_flow=True,
+        context_dim=2,
+        tol=1e-5,
+    ),
+    "CNF": Entry(lambda: pf.CNF(3, H, rtol=1e-8, atol=1e-8), is_flow=True, tol=1e-6, fast=False),
+    "cond_CNF": Entry(
+        lambda: pf.CNF(3, H, context_dim=2, rtol=1e-8, atol=1e-8),
+        is_flow=True,
+        context_dim=2,
+        tol=1e-6,
+        fast=False,
     ),
 }

@@ -1,6 +1,17 @@
 """Conditioner networks shared by every flow family."""
 
+from .conv import ConvNet, with_context_channels
 from .made import MADE, MaskedLinear
 from .mlp import MLP, with_context
+from .vector_field import ConcatSquashLinear, VectorField
 
-__all__ = ["MADE", "MLP", "MaskedLinear", "with_context"]
+__all__ = [
+    "MADE",
+    "MLP",
+    "ConcatSquashLinear",
+    "ConvNet",
+    "MaskedLinear",
+    "VectorField",
+    "with_context",
+    "with_context_channels",
+]

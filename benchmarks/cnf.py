@@ -1,0 +1,271 @@
+"""Continuous flows on 2-D toy data: time to a near-optimal test NLL, and evaluation NFE.
+
+One vector-field network (three hidden layers of 64 SiLU units) trained four ways on
+``8gaussians``, ``checkerboard`` and ``rings`` (pyroflows.datasets.toy; 50 000 training points,
+2 000 test points, batches of 512, Adam, float32, one torch thread):
+
+* ``ffjord``: maximum likelihood of ``pf.CNF`` (exact divergence, dopri5, rtol = atol = 1e-5
+  for training and evaluation), trained with ``pf.fit``;
+* ``rnode``: the same plus the RNODE penalties, ``regularization={"kinetic": w, "jacobian": w}``;
+* ``fm``: flow matching, ``pf.fit(..., objective="flow_matching")`` (no ODE solve in training);
+* ``fm+ml`` / ``fm+rnode``: the ``fm`` model fine-tuned by maximum likelihood, without and
+  with the RNODE penalties (``--tune-cap`` seconds each): the RNODE comparison at a model that
+  is already near the optimum, which the from-scratch runs do not reach on this budget;
+* ``zuko``: ``zuko.flows.CNF`` (its own sinusoidal time embedding, dopri5 with rtol = atol =
+  1e-5, adjoint gradients), trained by maximum likelihood with a plain Adam loop.
+
+Every run trains for a budget of ``--cap`` (likelihood runs) or ``--fm-cap`` (flow matching)
+seconds of *training* wall time (evaluations are not counted) and is evaluated on the test set
+at training times 1, 1.41, 2, 2.83, ... s (a factor sqrt 2) and at the cap. "to target" is the
+first evaluation whose test NLL is within 0.15 nats of the exact optimum (the entropy,
+``OPTIMAL_NLL``), so it over-states the time by at most sqrt 2.
+"eval NFE" counts the vector-field evaluations of one ``log_prob`` of the test set at
+rtol = atol = 1e-5 with the final weights. The exact log-likelihood is used for every NLL.
+
+Usage::
+
+    .venv/bin/python benchmarks/cnf.py                       # full run, ~15 minutes
+    .venv/bin/python benchmarks/cnf.py --quick               # smoke run, ~1 minute
+    .venv/bin/python benchmarks/cnf.py --datasets rings --methods fm ffjord --cap 120
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import pyroflows as pf
+from benchmarks.common import environment, markdown_table, set_threads
+from pyroflows.datasets.toy import OPTIMAL_NLL, TOY_DATASETS
+
+DATASETS = ("8gaussians", "checkerboard", "rings")
+METHODS = ("ffjord", "rnode", "fm", "fm+ml", "fm+rnode", "zuko")
+HIDDEN = (64, 64, 64)
+TOL = 1e-5
+MARGIN = 0.15
+
+
+@dataclass
+class Run:
+    """What one (data set, method) run measured."""
+
+    dataset: str
+    method: str
+    params: int = 0
+    evals: list[tuple[float, int, float]] = field(default_factory=list)  # (train s, steps, NLL)
+    hit: tuple[float, int] | None = None
+    steps: int = 0
+    train_s: float = 0.0
+    nll: float = math.nan
+    nfe: int = 0
+
+
+class Clock:
+    """Training time without evaluations; evaluates at geometric times and stops at the cap."""
+
+    def __init__(self, run: Run, cap: float, evaluate: Callable[[], float]) -> None:
+        self.run, self.cap, self.evaluate = run, cap, evaluate
+        self.target = OPTIMAL_NLL[run.dataset] + MARGIN
+        self.next, self.train_s = 1.0, 0.0
+        self.last = time.perf_counter()
+
+    def tick(self, steps: int) -> bool:
+        """Account one step; evaluate when due. Returns True when the budget is spent."""
+        self.train_s += time.perf_counter() - self.last
+        done = self.train_s >= self.cap
+        if done or self.train_s >= self.next:
+            nll = self.evaluate()
+            self.run.evals.append((self.train_s, steps, nll))
+            if self.run.hit is None and nll <= self.target:
+                self.run.hit = (self.train_s, steps)
+            while self.next <= self.train_s:
+                self.next *= math.sqrt(2)
+        self.run.steps, self.run.train_s = steps, self.train_s
+        self.last = time.perf_counter()
+        return done
+
+
+def _pyroflows_run(
+    run: Run, train: torch.Tensor, test: torch.Tensor, args, start: pf.CNF | None = None
+) -> pf.CNF:
+    """Train a pf.CNF (``start``: a copy of a flow-matching model to fine-tune) with pf.fit."""
+    regularize = run.method in ("rnode", "fm+rnode")
+    if start is None:
+        flow = pf.CNF(2, HIDDEN, activation=nn.SiLU, rtol=TOL, atol=TOL)
+        cap, lr = (args.fm_cap, args.fm_lr) if run.method == "fm" else (args.cap, args.lr)
+        batch_size = args.batch_size
+    else:
+        flow, cap, lr = copy.deepcopy(start), args.tune_cap, args.tune_lr
+        batch_size = args.tune_batch_size
+    flow.transform.regularize = regularize
+    run.params = sum(p.numel() for p in flow.parameters())
+
+    def evaluate() -> float:
+        flow.eval()
+        with torch.no_grad():
+            nll = float(-flow.log_prob(test).mean())
+        run.nfe = flow.transform.nfe
+        flow.train()
+        return nll
+
+    clock = Clock(run, cap, evaluate)
+    kwargs: dict = {"objective": "flow_matching"} if run.method == "fm" else {}
+    if regularize:
+        kwargs["regularization"] = {"kinetic": args.rnode_weight, "jacobian": args.rnode_weight}
+    pf.fit(
+        flow,
+        train,
+        steps=10**7,
+        batch_size=batch_size,
+        lr=lr,
+        val_fraction=0.0,
+        progress=False,
+        seed=0,
+        callbacks=lambda step, history, flow: clock.tick(step + 1),
+        **kwargs,
+    )
+    run.nll = evaluate()
+    return flow
+
+
+def _zuko_run(run: Run, train: torch.Tensor, test: torch.Tensor, args) -> None:
+    import zuko
+
+    flow = zuko.flows.CNF(2, hidden_features=HIDDEN, activation=nn.SiLU, atol=TOL, rtol=TOL)
+    run.params = sum(p.numel() for p in flow.parameters())
+    calls = [0]
+    flow.transform.ode.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    opt = torch.optim.Adam(flow.parameters(), lr=args.lr)
+
+    def evaluate() -> float:
+        flow.eval()
+        calls[0] = 0
+        with torch.no_grad():
+            nll = float(-flow().log_prob(test).mean())
+        run.nfe = calls[0]
+        flow.train()
+        return nll
+
+    clock = Clock(run, args.cap, evaluate)
+    g = torch.Generator().manual_seed(0)
+    step = 0
+    while True:
+        for rows in torch.randperm(len(train), generator=g).split(args.batch_size):
+            if len(rows) < args.batch_size:
+                continue
+            opt.zero_grad()
+            loss = -flow().log_prob(train[rows]).mean()
+            loss.backward()
+            opt.step()
+            step += 1
+            if clock.tick(step):
+                run.nll = evaluate()
+                return
+
+
+def _warm_up() -> None:
+    """One untimed optimiser step and solve: the first ones pay for lazy imports."""
+    flow = pf.CNF(2, (8,))
+    opt = torch.optim.Adam(flow.parameters())
+    flow.log_prob(torch.zeros(2, 2)).sum().backward()
+    opt.step()
+
+
+def _fmt_hit(run: Run) -> tuple[str, str]:
+    if run.hit is None:
+        return "not reached", "-"
+    return f"{run.hit[0]:.1f} s", str(run.hit[1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--cap", type=float, default=60.0, help="training s per likelihood run")
+    parser.add_argument("--fm-cap", type=float, default=30.0, help="training s per FM run")
+    parser.add_argument("--tune-cap", type=float, default=25.0, help="training s per fine-tune")
+    parser.add_argument("--tune-lr", type=float, default=5e-4, help="fine-tuning runs")
+    parser.add_argument("--tune-batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--lr", type=float, default=1e-3, help="maximum-likelihood runs")
+    parser.add_argument("--fm-lr", type=float, default=2e-3, help="flow-matching runs")
+    parser.add_argument("--rnode-weight", type=float, default=0.01)
+    parser.add_argument("--train-size", type=int, default=50_000)
+    parser.add_argument("--test-size", type=int, default=2_000)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 s caps, small sets")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cap = args.fm_cap = args.tune_cap = 5.0
+        args.train_size, args.test_size = 5_000, 500
+    set_threads(1)
+    _warm_up()
+    print(environment(["pyro-ppl", "torchdiffeq", "zuko"]), flush=True)
+    runs = []
+    for name in args.datasets:
+        make = TOY_DATASETS[name]
+        train, test = make(args.train_size, seed=0), make(args.test_size, seed=1)
+        fm_flow = None
+        for method in args.methods:
+            torch.manual_seed(0)
+            run = Run(name, method)
+            if method == "zuko":
+                _zuko_run(run, train, test, args)
+            elif method.startswith("fm+"):
+                if fm_flow is None:
+                    raise SystemExit(f"{method} fine-tunes the fm model: list fm before it")
+                _pyroflows_run(run, train, test, args, start=fm_flow)
+            else:
+                flow = _pyroflows_run(run, train, test, args)
+                fm_flow = flow if method == "fm" else fm_flow
+            runs.append(run)
+            trace = ", ".join(f"{s:.0f}s:{nll:.3f}" for s, _, nll in run.evals)
+            print(
+                f"{name} {method}: NLL {run.nll:.4f} after {run.steps} steps; {trace}", flush=True
+            )
+    rows = []
+    for r in runs:
+        when, steps = _fmt_hit(r)
+        gap = r.nll - OPTIMAL_NLL[r.dataset]
+        rows.append(
+            [
+                r.dataset,
+                r.method,
+                r.params,
+                when,
+                steps,
+                f"{r.nll:.3f} (+{gap:.3f})",
+                r.steps,
+                r.nfe,
+            ]
+        )
+    headers = ["data", "method", "params", "to target", "steps", "NLL at cap", "steps at cap"]
+    print(markdown_table([*headers, "eval NFE"], rows))
+    by = {(r.dataset, r.method): r for r in runs}
+    for name in args.datasets:
+        fm, ml = by.get((name, "fm")), by.get((name, "ffjord"))
+        if fm and ml and fm.hit:
+            t_ml = ml.hit[0] if ml.hit else ml.train_s
+            sign = "" if ml.hit else ">"
+            print(f"{name}: flow matching reached the target {sign}{t_ml / fm.hit[0]:.1f}x sooner")
+        for a, b in (("ffjord", "rnode"), ("fm+ml", "fm+rnode")):
+            ml, rn = by.get((name, a)), by.get((name, b))
+            if ml and rn:
+                print(
+                    f"{name}: {b} eval NFE {rn.nfe} vs {a} {ml.nfe} "
+                    f"({ml.nfe / max(rn.nfe, 1):.2f}x fewer), NLL {rn.nll - ml.nll:+.3f} nats"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Training and inference: maximum likelihood (:func:`fit`) and variational inference
+(:func:`fit_svi`), sharing one training loop (:mod:`pyroflows.infer.engine`); flow guides
+(:class:`AutoFlow`); the flow-matching objective (:func:`flow_matching_loss`)."""
+
+from .autoguide import AutoFlow
+from .engine import History
+from .fit import fit
+from .flow_matching import flow_matching_loss, ot_pair
+from .svi import TraceSTL_ELBO, anneal_beta, fit_svi
+
+__all__ = [
+    "AutoFlow",
+    "History",
+    "TraceSTL_ELBO",
+    "anneal_beta",
+    "fit",
+    "fit_svi",
+    "flow_matching_loss",
+    "ot_pair",
+]
