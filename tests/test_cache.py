@@ -68,3 +68,13 @@ def test_in_place_change_of_the_input_invalidates_the_slot():
     t(x)
     x.add_(1)
     torch.testing.assert_close(t(x), torch.full((2,), 3.0), check_dtype=False)
+
+
+def test_a_transform_with_a_filled_slot_can_be_deep_copied():
+    import copy
+
+    t = T.Coupling(2, (8,))
+    perturb(t)
+    t(torch.randn(3, 2, requires_grad=True))
+    clone = copy.deepcopy(t)
+    assert clone._slot is None and t._slot is not None

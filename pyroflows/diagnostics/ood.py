@@ -93,10 +93,19 @@ class OODDetector:
         if method not in _METHODS:
             raise ValueError(f"method must be one of {_METHODS}; got {method!r}")
         if method == "ratio" and background is None:
-            raise ValueError("method='ratio' needs a background flow: OODDetector(..., background=flow2)")
+            raise ValueError(
+                "method='ratio' needs a background flow: OODDetector(..., background=flow2)"
+            )
         if not isinstance(reference, Tensor) or reference.dim() < 2 or reference.shape[0] < 10:
-            raise ValueError("reference must be a tensor of at least 10 held-out in-distribution rows")
-        self.flow, self.method, self.background, self.batch_size = flow, method, background, batch_size
+            raise ValueError(
+                "reference must be a tensor of at least 10 held-out in-distribution rows"
+            )
+        self.flow, self.method, self.background, self.batch_size = (
+            flow,
+            method,
+            background,
+            batch_size,
+        )
         nll = _nll(flow, reference, context, batch_size)
         self.entropy = float(nll.mean())  # the typical-set level \hat H
         self.reference_scores, _ = torch.sort(self._score(reference, context, nll))

@@ -12,7 +12,7 @@ Both return the log-determinant of the *forward* map evaluated at ``x``, so
 
 The cache slot
 --------------
-Each transform keeps exactly one slot, ``(x, y, log_det, key, context)``, written by whichever
+Each transform keeps exactly one slot, ``(x, y, log_det, key, context, versions)``, written by whichever
 direction ran last. ``_call(x)`` returns the cached ``y`` when ``x`` is the cached input (and the reverse for
 ``_inverse``), so scoring a sample of the same flow never inverts numerically. The key holds the
 parameters' and buffers' version counters and the grad mode, and the context must be the very same
@@ -24,6 +24,9 @@ time" cannot happen, unlike Pyro's own flows).
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
+import operator
 from collections.abc import Iterator
 
 import torch
@@ -31,6 +34,11 @@ from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor
 from torch.distributions import Transform, constraints
+from torch.nn.modules.module import (
+    register_module_buffer_registration_hook,
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 __all__ = [
     "ConditionalFlowTransform",
@@ -72,8 +80,25 @@ def validation(enabled: bool) -> Iterator[None]:
         _VALIDATE = old
 
 
+@functools.cache
 def _constraint(event_dim: int) -> constraints.Constraint:
     return constraints.independent(constraints.real, event_dim)
+
+
+# A token replaced whenever any module registers (or replaces) a parameter, buffer or submodule.
+# Each transform caches the list of its tensors with the token it saw, so the slot key (their
+# version counters) costs a tuple of attribute reads instead of a walk of the module tree.
+_STRUCTURE: list[object] = [object()]
+_VERSION = operator.attrgetter("_version")
+
+
+def _structure_changed(*_: object) -> None:
+    _STRUCTURE[0] = object()
+
+
+register_module_parameter_registration_hook(_structure_changed)
+register_module_buffer_registration_hook(_structure_changed)
+register_module_module_registration_hook(_structure_changed)
 
 
 class FlowTransform(TransformModule):
@@ -130,65 +155,95 @@ class FlowTransform(TransformModule):
         return self.log_det_for(x, y, None)
 
     # ---- the slot ------------------------------------------------------------------------
+    def _state_tensors(self) -> tuple[tuple[Tensor, ...], int]:
+        """``(parameters + buffers, number of parameters)``, cached until modules change.
+
+        The cache is dropped by ``_apply`` (``.to()``, ``.double()``) and whenever any module
+        registers or replaces a parameter, buffer or submodule (torch's global registration
+        hooks); deleting one with ``del`` is not seen, so call :meth:`clear_cache` after that.
+        """
+        cached = self.__dict__.get("_tensors_cache")
+        token = _STRUCTURE[0]
+        if cached is None or cached[0] is not token:
+            params = tuple(self.parameters())
+            cached = (token, params + tuple(self.buffers()), len(params))
+            self.__dict__["_tensors_cache"] = cached
+        return cached[1], cached[2]
+
     def _key(self, context: Tensor | None) -> tuple:
-        versions = tuple(p._version for p in self.parameters())
-        buffers = tuple(b._version for b in self.buffers())
-        return (versions, buffers, torch.is_grad_enabled())
+        return (tuple(map(_VERSION, self._state_tensors()[0])), torch.is_grad_enabled())
 
     def clear_cache(self) -> None:
         """Empty the cache slot."""
         self._slot = None
+        self.__dict__.pop("_tensors_cache", None)
+
+    def _hit(self, x: Tensor | None, y: Tensor | None, context: Tensor | None) -> tuple | None:
+        """The slot if it holds this very ``x`` and/or ``y`` (unmodified) and is still valid."""
+        slot = self._slot
+        if (
+            slot is None
+            or (x is not None and slot[0] is not x)
+            or (y is not None and slot[1] is not y)
+            or slot[4] is not context
+            or slot[5] != (slot[0]._version, slot[1]._version)  # modified in place since
+            or slot[3] != self._key(context)
+        ):
+            return None
+        return slot
+
+    def _store(self, x: Tensor, y: Tensor, ld: Tensor, context: Tensor | None) -> None:
+        self._slot = (x, y, ld, self._key(context), context, (x._version, y._version))
 
     def apply_forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """Forward pass through the slot: returns ``(y, log_det)`` and caches them."""
-        key = self._key(context)
-        slot = self._slot
-        if slot is not None and slot[0] is x and slot[4] is context and slot[3] == key:
+        slot = self._hit(x, None, context)
+        if slot is not None:
             return slot[1], slot[2]
         self._check_input(x, context, "forward")
         y, ld = self.forward_and_log_det(x, context)
         self._check_output(x, y, ld, "forward")
-        self._slot = (x, y, ld, self._key(context), context)
+        self._store(x, y, ld, context)
         return y, ld
 
     def apply_inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """Inverse pass through the slot: returns ``(x, log_det)`` and caches them."""
-        key = self._key(context)
-        slot = self._slot
-        if slot is not None and slot[1] is y and slot[4] is context and slot[3] == key:
+        slot = self._hit(None, y, context)
+        if slot is not None:
             return slot[0], slot[2]
         self._check_input(y, context, "inverse")
         x, ld = self.inverse_and_log_det(y, context)
         self._check_output(y, x, ld, "inverse")
-        self._slot = (x, y, ld, self._key(context), context)
+        self._store(x, y, ld, context)
         return x, ld
 
     def log_det_for(self, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
         """Log-det for a pair ``(x, y)``: taken (once) from the slot, else recomputed."""
-        slot = self._slot
-        if (
-            slot is not None
-            and slot[0] is x
-            and slot[1] is y
-            and slot[4] is context
-            and slot[3] == self._key(context)
-        ):
-            self._slot = None
-            return slot[2]
+        slot = self._hit(x, y, context)
         self._slot = None
+        if slot is not None:
+            return slot[2]
         ld = self.forward_and_log_det(x, context)[1]
         return ld
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .double(), .cuda() invalidate the slot
         self._slot = None
+        self.__dict__.pop("_tensors_cache", None)
         return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self) -> dict:  # deepcopy/pickle: the slot may hold graph tensors
+        state = super().__getstate__()
+        state["_slot"] = None
+        state.pop("_tensors_cache", None)
+        return state
 
     # ---- validation ----------------------------------------------------------------------
     def _layer_name(self) -> str:
         return type(self).__name__
 
     def _reference(self) -> Tensor | None:
-        return next(iter(self.parameters()), None)
+        tensors, n_params = self._state_tensors()
+        return tensors[0] if n_params else None
 
     def _check_input(self, v: Tensor, context: Tensor | None, direction: str) -> None:
         if not _VALIDATE:
@@ -235,6 +290,10 @@ class FlowTransform(TransformModule):
 
     def _check_output(self, inp: Tensor, out: Tensor, ld: Tensor, direction: str) -> None:
         if not _VALIDATE:
+            return
+        # Fast path: one reduction per tensor and a single host sync. NaN/Inf anywhere makes
+        # the sum non-finite; a sum that merely overflows falls through to the exact check.
+        if math.isfinite(float(out.detach().sum() + ld.detach().sum())):
             return
         if bool(torch.isfinite(out).all()) and bool(torch.isfinite(ld).all()):
             return
