@@ -161,7 +161,7 @@ class Flow(nn.Module):
         >>> d = flow()
         >>> d.event_shape, d.log_prob(torch.zeros(3, 2)).shape
         (torch.Size([2]), torch.Size([3]))
-        >>> float(flow.log_prob(torch.zeros(2)))   # identity at initialisation: N(0, I)
+        >>> flow.log_prob(torch.zeros(2)).item()   # identity at initialisation: N(0, I)
         -1.8378...
     """
 

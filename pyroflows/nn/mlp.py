@@ -44,7 +44,7 @@ class MLP(nn.Sequential):
         >>> net = MLP(3, 4, hidden_dims=(16, 16), context_dim=2)
         >>> net(torch.randn(10, 3), torch.randn(10, 2)).shape
         torch.Size([10, 4])
-        >>> float(net(torch.randn(1, 3), torch.randn(1, 2)).abs().sum())
+        >>> net(torch.randn(1, 3), torch.randn(1, 2)).abs().sum().item()
         0.0
     """
 
