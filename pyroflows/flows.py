@@ -30,7 +30,13 @@ from torch.distributions import Transform
 
 from .augmented import AugmentedFlowDistribution, GaussianAuxiliary
 from .transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedAutoregressive
-from .transforms.base import FlowTransform, NonFiniteError, is_validation_enabled
+from .transforms.base import (
+    FlowTransform,
+    NonFiniteError,
+    _event_text,
+    is_validation_enabled,
+    nonfinite_rows,
+)
 from .transforms.continuous import ConditionalContinuousFlow, ContinuousFlow
 from .transforms.coupling import ConditionalCoupling, Coupling
 from .transforms.linear import ActNorm, ElementwiseAffine, LULinear
@@ -76,13 +82,12 @@ class FlowDistribution(dist.TransformedDistribution):
         if not isinstance(value, Tensor):
             raise TypeError(f"Expected a torch.Tensor; got {type(value).__name__}.")
         if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
-            want = "(..., " + ", ".join(map(str, self.event_shape)) + ")"
+            want = _event_text(self.event_shape)
             raise ValueError(f"Expected data shape {want}; got {tuple(value.shape)}.")
         if math.isfinite(float(value.detach().sum())):  # one reduction; NaN/Inf poison the sum
             return
-        bad = ~torch.isfinite(value)
-        if bool(bad.any()):
-            rows = torch.nonzero(bad.flatten(value.dim() - n).any(-1).reshape(-1))[:5, 0].tolist()
+        rows = nonfinite_rows(value, n)[:5].tolist()
+        if rows:
             raise NonFiniteError(
                 f"data contains NaN or Inf (first bad rows {rows}); remove or impute those rows, "
                 "or wrap the call in pyroflows.validation(False) to get NaN log-densities instead."

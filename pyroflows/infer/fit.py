@@ -23,6 +23,7 @@ import pyro
 import torch
 from torch import Tensor, nn
 
+from ..transforms.base import nonfinite_rows
 from .engine import History, LoopConfig, load_checkpoint, train
 
 __all__ = ["fit"]
@@ -81,10 +82,10 @@ def check_rows(
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty")
     t = t.to(device=device, dtype=dtype)
-    bad = ~torch.isfinite(t.reshape(t.shape[0], -1)).all(1)
-    n = int(bad.sum())
+    bad = nonfinite_rows(t, len(shape))
+    n = bad.numel()
     if n:
-        idx = torch.nonzero(bad).reshape(-1)[:10].tolist()
+        idx = bad[:10].tolist()
         more = ", ..." if n > 10 else ""
         s = "s" if n > 1 else ""
         raise ValueError(

@@ -46,6 +46,7 @@ __all__ = [
     "FlowTransform",
     "NonFiniteError",
     "is_validation_enabled",
+    "nonfinite_rows",
     "validation",
 ]
 
@@ -78,6 +79,21 @@ def validation(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _VALIDATE = old
+
+
+def nonfinite_rows(v: Tensor, event_dims: int) -> Tensor:
+    """Flat indices of the events (rows) of ``v`` that hold NaN or Inf.
+
+    Example:
+        >>> nonfinite_rows(torch.tensor([[0.0, 1.0], [float("nan"), 2.0], [3.0, 4.0]]), 1)
+        tensor([1])
+    """
+    events = v.reshape(-1, *v.shape[v.dim() - event_dims :]).flatten(1)
+    return torch.nonzero(~torch.isfinite(events).all(1)).reshape(-1)
+
+
+def _event_text(shape: torch.Size) -> str:
+    return "(..., " + ", ".join(map(str, shape)) + ")"
 
 
 @functools.cache
@@ -254,7 +270,7 @@ class FlowTransform(TransformModule):
         shape = self.output_shape if direction == "inverse" else self.event_shape
         n = len(shape)
         if v.dim() < n or v.shape[v.dim() - n :] != shape:
-            want = "(..., " + ", ".join(map(str, shape)) + ")"
+            want = _event_text(shape)
             raise ValueError(
                 f"{name}: expected input shape {want}; got {tuple(v.shape)}. "
                 "The trailing dimensions must equal the flow's event shape."
@@ -298,9 +314,9 @@ class FlowTransform(TransformModule):
         if bool(torch.isfinite(out).all()) and bool(torch.isfinite(ld).all()):
             return
         name = self._layer_name()
-        bad_in = ~torch.isfinite(inp.reshape(*inp.shape[: inp.dim() - len(self.event_shape)], -1))
-        if bool(bad_in.any()):
-            rows = torch.nonzero(bad_in.any(-1).reshape(-1)).reshape(-1)[:5].tolist()
+        shape = self.output_shape if direction == "inverse" else self.event_shape
+        rows = nonfinite_rows(inp, len(shape))[:5].tolist()
+        if rows:
             raise NonFiniteError(
                 f"{name} ({direction}): the input contains NaN or Inf (first bad rows {rows}); "
                 "remove or impute those rows before calling the flow."
