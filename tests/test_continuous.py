@@ -214,6 +214,21 @@ def test_penalties_are_only_integrated_when_asked():
     assert copy.deepcopy(t).regularization() == {}  # copies (check_flow) drop the graph
 
 
+def test_evaluation_solves_skip_the_penalties_and_match_the_plain_flow():
+    """In eval mode a regularised flow solves the plain ODE: same output, log-det and NFE."""
+    x = torch.randn(5, 2, dtype=F64)
+    t = random_flow(rtol=1e-6, atol=1e-6).eval()
+    y, ld = t.inverse_and_log_det(x)
+    plain_nfe = t.nfe
+    t.regularize = True
+    y_reg, ld_reg = t.inverse_and_log_det(x)
+    assert t.nfe == plain_nfe and t.regularization() == {}
+    torch.testing.assert_close((y_reg, ld_reg), (y, ld), rtol=0, atol=0)
+    t.train()
+    t.inverse_and_log_det(x)
+    assert sorted(t.regularization()) == ["jacobian", "kinetic"]
+
+
 @pytest.mark.slow
 def test_minimising_the_penalties_smooths_the_field():
     torch.manual_seed(9)

@@ -11,7 +11,9 @@ divergence is exact (one backward pass per dimension) or Hutchinson's estimate
 for the whole solve [2]. With ``regularize=True`` the solve also integrates the RNODE
 penalties [3] :math:`\int \|f\|^2 dt` (kinetic energy) and :math:`\int \|\partial f/\partial
 z\|_F^2 dt` (exact with exact divergence, else Hutchinson's :math:`\|\epsilon^\top \partial f /
-\partial z\|^2` from the same vector-Jacobian product), read with :meth:`regularization`.
+\partial z\|^2` from the same vector-Jacobian product), read with :meth:`regularization`. The
+penalties are integrated in training mode only: an evaluation solve (``module.eval()``) is the
+plain flow's, so its cost and NFE do not depend on ``regularize``.
 
 Both directions cost one solve: ``_call`` (base -> data) integrates :math:`t_0 \to t_1`,
 ``_inverse`` (data -> base) integrates back. Training and evaluation use separate solver
@@ -73,7 +75,8 @@ class ContinuousFlow(FlowTransform):
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact when
             :math:`D \le 8`). An attribute, switchable at any time (e.g. after loading).
         probe: Hutchinson probe, ``"gaussian"`` or ``"rademacher"``, drawn once per solve.
-        regularize: also integrate the RNODE penalties; see :meth:`regularization`.
+        regularize: also integrate the RNODE penalties in training mode; see
+            :meth:`regularization`.
         adjoint: backpropagate with the adjoint method (``odeint_adjoint``, memory O(1) in the
             number of steps) instead of through the solver's operations.
         method, rtol, atol, step_size: training solver (:class:`ODESolver`).
@@ -183,12 +186,17 @@ class ContinuousFlow(FlowTransform):
         return self.divergence == "exact"
 
     @property
+    def _penalised(self) -> bool:
+        """Whether a solve now integrates the RNODE penalties (training mode only)."""
+        return self.regularize and self.training
+
+    @property
     def solver(self) -> ODESolver:
         """The settings in use now: :attr:`train_solver` in training mode, else :attr:`eval_solver`."""
         return self.train_solver if self.training else self.eval_solver
 
     def _key(self, context: Tensor | None) -> tuple:  # settings changes invalidate the slot
-        settings = (self.divergence, self.probe, self.regularize, self.t0, self.t1)
+        settings = (self.divergence, self.probe, self._penalised, self.t0, self.t1)
         return (*super()._key(context), dataclasses.astuple(self.solver), settings)
 
     # ---- the solve ------------------------------------------------------------------------
@@ -208,9 +216,10 @@ class ContinuousFlow(FlowTransform):
         if not len(z):  # nothing to integrate (the solver's error norm is undefined on it)
             self.nfe, self._regularization = 0, None
             return z.reshape(*batch, d).clone(), zero.reshape(batch)
-        state = (z, zero, zero, zero) if self.regularize else (z, zero)
+        penalised = self._penalised
+        state = (z, zero, zero, zero) if penalised else (z, zero)
         probe = None if self.exact_divergence else self._draw_probe(z)
-        dynamics = Dynamics(self.vector_field, context, probe, self.regularize)
+        dynamics = Dynamics(self.vector_field, context, probe, penalised)
         start, end = (self.t1, self.t0) if reverse else (self.t0, self.t1)
         times = torch.tensor([start, end], dtype=z.dtype, device=z.device)
         settings = self.solver
@@ -230,7 +239,7 @@ class ContinuousFlow(FlowTransform):
         final = [s[-1] for s in out]
         sign = -1.0 if reverse else 1.0  # integrals over [t0, t1] whichever way we went
         self._regularization = None
-        if self.regularize:
+        if penalised:
             self._regularization = {
                 "kinetic": sign * final[2].mean(),
                 "jacobian": sign * final[3].mean(),
@@ -272,14 +281,15 @@ class ContinuousFlow(FlowTransform):
 
         ``pf.fit(..., regularization={"kinetic": w1, "jacobian": w2})`` adds
         ``w1 * kinetic + w2 * jacobian`` to the loss. Empty when ``regularize`` is off (the
-        penalties are then not integrated at all) or when no solve has run since it was on.
+        penalties are then not integrated at all), when the latest solve ran in evaluation mode
+        (which never integrates them), or when no solve has run since it was turned on.
 
         Example:
             >>> t = ContinuousFlow(2, hidden_dims=(8,), regularize=True)
             >>> _ = t.inverse_and_log_det(torch.randn(4, 2))
             >>> sorted(t.regularization())
             ['jacobian', 'kinetic']
-            >>> t.regularize = False
+            >>> _ = t.eval().inverse_and_log_det(torch.randn(4, 2))   # evaluation: plain solve
             >>> t.regularization()
             {}
         """
