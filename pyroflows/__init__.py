@@ -35,6 +35,7 @@ from .flows import (
 from .infer import AutoFlow, History, fit, fit_svi
 from .transforms.base import NonFiniteError, validation
 from .transforms.dequantize import dequantize
+from .transforms.ode import SolverError
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "PSISDiagnostic",
     "Planar",
     "RealNVP",
+    "SolverError",
     "bits_per_dim",
     "bits_per_dim_loss",
     "check_flow",

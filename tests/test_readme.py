@@ -1,11 +1,15 @@
-"""The Python snippets in README.md run as written (in order, in one namespace)."""
+"""The Python snippets in README.md and docs/guide.md run as written (in order, in one namespace
+per file)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-README = Path(__file__).parent.parent / "README.md"
+import pytest
+
+ROOT = Path(__file__).parent.parent
+README = ROOT / "README.md"
 
 
 def test_readme_starts_with_the_two_commands():
@@ -14,10 +18,11 @@ def test_readme_starts_with_the_two_commands():
     assert block[0].startswith("make demo") and block[1].startswith("make test")
 
 
-def test_readme_python_snippets_run(tmp_path, monkeypatch):
+@pytest.mark.parametrize(("doc", "min_blocks"), [("README.md", 4), ("docs/guide.md", 3)])
+def test_python_snippets_run(doc, min_blocks, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 4
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / doc).read_text(), flags=re.S)
+    assert len(blocks) >= min_blocks
     namespace: dict = {}
     for i, block in enumerate(blocks):
-        exec(compile(block, f"README.md[python block {i}]", "exec"), namespace)
+        exec(compile(block, f"{doc}[python block {i}]", "exec"), namespace)
