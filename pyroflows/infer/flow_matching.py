@@ -19,8 +19,8 @@ of :math:`s` leaves the minimiser, the marginal velocity field, unchanged [1]; i
 where the network's capacity goes. The ODE likelihood is most sensitive to the field near the
 data end, where the paths contract onto thin or sharp structures, so the default :math:`k = 2`
 draws 71% of the times in :math:`s > 1/2` (:math:`k = 1`: uniform, as in [1]). On the rings
-toy set (3 x 128 network, 30 000 steps, one seed) it takes the test NLL from 0.19 to 0.05 nats
-above the optimum (docs/benchmarks.md, "Continuous flows").
+toy set (3 x 128 network, 30 000 steps) it takes the test NLL from 0.40 to 0.06 nats above the
+optimum (docs/benchmarks.md, "Continuous flows").
 
 With ``ot_pairing=True`` the batch's noise is re-paired with the data by an exact minibatch optimal-transport assignment (squared Euclidean
 cost) [2], which straightens the learned paths.
