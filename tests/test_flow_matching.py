@@ -166,8 +166,8 @@ def test_flow_matching_errors(call, error, match):
 
 #: Flow-matching steps per toy set (3 x 128 network, batches of 1024, cosine learning rate, the
 #: default time_power=2): the issue's 0.15-nat margin on all three sets. On this CPU the runs
-#: take about 1, 2 and 3.5 minutes and end near +0.03, +0.10 and +0.05..0.10 nats
-#: (docs/benchmarks.md, "Continuous flows").
+#: take about 1, 2 and 3 minutes and end near +0.02, +0.11 and +0.06 nats (docs/benchmarks.md,
+#: "Continuous flows").
 STEPS = {"8gaussians": 10_000, "checkerboard": 20_000, "rings": 30_000}
 MARGIN = 0.15
 

@@ -22,8 +22,8 @@ draws 71% of the times in :math:`s > 1/2` (:math:`k = 1`: uniform, as in [1]). O
 toy set (3 x 128 network, 30 000 steps) it takes the test NLL from 0.40 to 0.06 nats above the
 optimum (docs/benchmarks.md, "Continuous flows").
 
-With ``ot_pairing=True`` the batch's noise is re-paired with the data by an exact minibatch optimal-transport assignment (squared Euclidean
-cost) [2], which straightens the learned paths.
+With ``ot_pairing=True`` the batch's noise is re-paired with the data by an exact minibatch
+optimal-transport assignment (squared Euclidean cost) [2], which straightens the learned paths.
 
 References:
     [1] Y. Lipman, R. T. Q. Chen, H. Ben-Hamu, M. Nickel, M. Le. Flow Matching for Generative
