@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.optim.lr_scheduler import StepLR
 
 import pyroflows as pf
 from pyroflows.transforms import ActNorm, ElementwiseAffine, LULinear
@@ -155,11 +156,34 @@ def test_wrong_shapes_and_contexts_are_reported():
         ({"clip_grad": 0.0}, "clip_grad must be None or a positive number"),
         ({"eval_every": 0}, "eval_every must be"),
         ({"patience": 0}, "patience must be"),
+        ({"warmup": -1}, "warmup must be a whole number >= 0"),
+        ({"warmup": 2.5}, "warmup must be a whole number >= 0"),
+        ({"warmup": 3, "lr_schedule": lambda opt: StepLR(opt, 10)}, "brings its own warm-up"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pf.fit(linear_flow(), gaussian(50, 0), **{"steps": 2, "progress": False, **kwargs})
+
+
+@pytest.mark.parametrize("schedule", [None, "cosine"])
+def test_warmup_ramps_the_learning_rate_linearly(schedule):
+    history = pf.fit(
+        linear_flow(),
+        gaussian(200, 0),
+        steps=20,
+        lr=0.1,
+        warmup=4,
+        lr_schedule=schedule,
+        batch_size=50,
+        val_fraction=0.0,
+        seed=0,
+        progress=False,
+    )
+    cosine = [0.5 * (1 + math.cos(math.pi * k / 20)) for k in range(20)]
+    ramp = [min(1.0, (k + 1) / 4) for k in range(20)]
+    expected = [0.1 * r * (c if schedule else 1.0) for r, c in zip(ramp, cosine, strict=True)]
+    assert history.lr == pytest.approx(expected)
 
 
 def test_non_arrays_are_rejected():

@@ -98,6 +98,7 @@ class LoopConfig:
     lr: float
     optimizer: Any = "adam"
     lr_schedule: Any = None
+    warmup: int = 0
     weight_decay: float = 0.0
     clip_grad: float | None = None
     eval_every: int = 1
@@ -115,19 +116,21 @@ class LoopConfig:
             ("eval_every", self.eval_every),
             ("checkpoint_every", self.checkpoint_every),
             ("patience", self.patience),
+            ("warmup", self.warmup),
         ):
             if value is None and name == "patience":
                 continue
+            low = 0 if name == "warmup" else 1
             number = isinstance(value, (int, float, np.integer)) and not isinstance(value, bool)
-            if not (number and value >= 1 and int(value) == value):
-                raise ValueError(f"{name} must be a whole number >= 1; got {value!r}")
+            if not (number and value >= low and int(value) == value):
+                raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
         for name, value, low in (("lr", self.lr, 0.0), ("weight_decay", self.weight_decay, 0.0)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
                 raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
         clip = self.clip_grad
         if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
             raise ValueError(f"clip_grad must be None or a positive number; got {clip!r}")
-        self.steps = int(self.steps)
+        self.steps, self.warmup = int(self.steps), int(self.warmup)
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -162,7 +165,7 @@ class _Loop:
             raise ValueError("nothing to train: no parameter requires a gradient")
         self.params = [p for _, p in self.named]
         self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
-        self.sched = make_scheduler(cfg.lr_schedule, self.opt, cfg.steps)
+        self.sched = make_scheduler(cfg.lr_schedule, self.opt, cfg.steps, cfg.warmup)
         self.plateau = isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.history = History()
         self.last_good, self.best = _Snapshot(), _Snapshot()

@@ -249,6 +249,7 @@ def fit(
     lr: float = 1e-3,
     optimizer: Any = "adam",
     lr_schedule: Any = None,
+    warmup: int = 0,
     weight_decay: float = 0.0,
     clip_grad: float | None = None,
     val_fraction: float = 0.1,
@@ -283,6 +284,8 @@ def fit(
             ``"rmsprop"``, or a ``torch.optim`` class / factory ``(params, lr=...)``.
         lr_schedule: ``None``, ``"cosine"`` (to 0 over the run), or a factory
             ``optimizer -> scheduler`` (``ReduceLROnPlateau`` is stepped with the validation loss).
+        warmup: raise the learning rate linearly over the first ``warmup`` steps (with
+            ``lr_schedule`` ``None`` or ``"cosine"``); lets flow matching use larger rates.
         clip_grad: maximum global gradient norm.
         val_fraction: share of ``data`` held out for validation (ignored when ``val_data`` is
             given; 0 disables validation). ``val_context`` goes with ``val_data``.
@@ -399,6 +402,7 @@ def fit(
         lr=lr,
         optimizer=optimizer,
         lr_schedule=lr_schedule,
+        warmup=warmup,
         weight_decay=weight_decay,
         clip_grad=clip_grad,
         eval_every=int(eval_every),

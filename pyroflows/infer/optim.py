@@ -7,6 +7,7 @@ Shared by :func:`~pyroflows.infer.fit` and :func:`~pyroflows.infer.fit_svi` (``o
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import torch
@@ -67,11 +68,15 @@ def make_optimizer(
     return opt
 
 
-def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int) -> Any:
+def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: int = 0) -> Any:
     """The learning-rate schedule named by ``spec``: ``None``, ``"cosine"`` (cosine decay to 0
     over ``steps``), or a factory ``optimizer -> scheduler`` (e.g.
     ``functools.partial(StepLR, step_size=100)``; for a function of the step use
     ``lambda opt: LambdaLR(opt, f)``).
+
+    ``warmup`` > 0 multiplies the rate of step :math:`k` (from 0) by
+    :math:`\\min(1, (k + 1) / \\text{warmup})`, a linear warm-up, on top of ``None`` or
+    ``"cosine"`` (a factory brings its own).
 
     Example:
         >>> opt = make_optimizer("sgd", [torch.zeros(1, requires_grad=True)], 1.0)
@@ -83,15 +88,36 @@ def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int) -> Any:
         0.5
         0.1464
         0.0
+        >>> opt = make_optimizer("sgd", [torch.zeros(1, requires_grad=True)], 1.0)
+        >>> sched = make_scheduler(None, opt, steps=100, warmup=4)
+        >>> rates = []
+        >>> for _ in range(5):
+        ...     rates.append(opt.param_groups[0]["lr"]); opt.step(); sched.step()
+        >>> rates
+        [0.25, 0.5, 0.75, 1.0, 1.0]
     """
+    number = isinstance(warmup, numbers.Integral) and not isinstance(warmup, bool)
+    if not (number and warmup >= 0):
+        raise ValueError(f"warmup must be a whole number of steps >= 0; got {warmup!r}")
+    warm = int(warmup)
+
+    def ramp(k: int) -> float:
+        return min(1.0, (k + 1) / warm) if warm else 1.0
+
     if spec is None:
-        return None
+        return torch.optim.lr_scheduler.LambdaLR(opt, ramp) if warm else None
     if spec == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1)))
+            opt,
+            lambda k: ramp(k) * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1))),
         )
     if isinstance(spec, str) or not callable(spec):
         raise ValueError(f"lr_schedule must be None, 'cosine' or a scheduler factory; got {spec!r}")
+    if warm:
+        raise ValueError(
+            "warmup applies to lr_schedule=None or 'cosine'; a scheduler factory brings its own "
+            "warm-up (e.g. torch.optim.lr_scheduler.SequentialLR with a LinearLR first)"
+        )
     sched = spec(opt)
     if not (hasattr(sched, "step") and hasattr(sched, "state_dict")):
         raise TypeError(

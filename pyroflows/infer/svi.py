@@ -208,13 +208,14 @@ def fit_svi(
     callbacks: Sequence[Callable] | Callable = (),
     optimizer: Any = "adam",
     lr_schedule: Any = None,
+    warmup: int = 0,
     **kwargs: Any,
 ) -> History:
     """Fit ``guide`` (any Pyro guide, e.g. :class:`pyroflows.AutoFlow` or Pyro's autoguides) and
     the model's parameters by maximising the ELBO; ``*args, **kwargs`` go to model and guide.
 
     Args:
-        steps, lr, optimizer, lr_schedule, clip_grad: as in :func:`~pyroflows.infer.fit`.
+        steps, lr, optimizer, lr_schedule, warmup, clip_grad: as in :func:`~pyroflows.infer.fit`.
         num_particles: samples per ELBO estimate (vectorised over particles when > 1 and the
             model allows it; otherwise a loop over particles).
         loss: ``"elbo"`` (Pyro's ``Trace_ELBO``), ``"stl"`` (:class:`TraceSTL_ELBO`, the
@@ -277,6 +278,7 @@ def fit_svi(
         lr=lr,
         optimizer=optimizer,
         lr_schedule=lr_schedule,
+        warmup=warmup,
         clip_grad=clip_grad,
         progress=progress,
         checkpoint=checkpoint,
