@@ -143,7 +143,7 @@ def _pyroflows_run(
     if run.method == "fm":
         steps = args.fm_steps or (500 if args.quick else FM_STEPS[run.dataset])
         kwargs = {"steps": steps, "objective": "flow_matching", "lr_schedule": "cosine"}
-        kwargs["warmup"] = min(args.fm_warmup, steps)
+        kwargs["warmup"] = args.fm_warmup
         kwargs["objective_kwargs"] = {"time_power": args.time_power, "ot_pairing": args.fm_ot}
     if regularize:
         kwargs["regularization"] = {"kinetic": args.rnode_weight, "jacobian": args.rnode_weight}

@@ -61,16 +61,6 @@ def _hidden(text: str) -> tuple[int, ...]:
     return dims
 
 
-def _whole(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0; got {text!r}")
-    return v
-
-
 def _exact_divergence(flow: torch.nn.Module) -> None:
     """Score continuous flows with the exact divergence (no Hutchinson noise in the output)."""
     from pyroflows.transforms import ContinuousFlow
@@ -80,14 +70,17 @@ def _exact_divergence(flow: torch.nn.Module) -> None:
             module.divergence = "exact"
 
 
-def _positive(kind: type) -> Any:
+def _positive(kind: type, *, zero: bool = False) -> Any:
+    """An argparse type: a number of ``kind`` above 0 (or at least 0 with ``zero=True``)."""
+    what = "a whole number >= 0" if zero else f"a positive {kind.__name__}"
+
     def parse(text: str) -> Any:
         try:
             v = kind(text)
         except ValueError:
             v = None
-        if v is None or not v > 0:
-            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}; got {text!r}")
+        if v is None or not (v >= 0 if zero else v > 0):
+            raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
         return v
 
     return parse
@@ -181,7 +174,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     flow = getattr(pf, FLOW_CHOICES[args.flow])(d, **kwargs)
     start = time.perf_counter()
     opts = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    opts |= dict(objective=OBJECTIVES[objective], warmup=min(args.warmup, args.steps))
+    opts |= dict(objective=OBJECTIVES[objective], warmup=args.warmup)
     opts |= dict(lr_schedule=None if args.lr_schedule == "constant" else args.lr_schedule)
     out = fit_table(flow, x, val_fraction=args.val_fraction, progress=not args.no_progress, **opts)
     history = out["history"]
@@ -348,7 +341,9 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--lr-schedule", choices=("constant", "cosine"), default="constant", help="lr schedule"
     )
-    f.add_argument("--warmup", type=_whole, default=0, help="steps of linear lr warm-up")
+    f.add_argument(
+        "--warmup", type=_positive(int, zero=True), default=0, help="steps of linear lr warm-up"
+    )
     f.add_argument(
         "--objective",
         choices=sorted(OBJECTIVES),

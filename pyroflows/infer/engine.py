@@ -111,16 +111,15 @@ class LoopConfig:
     desc: str = "fit"
 
     def __post_init__(self) -> None:
-        for name, value in (
-            ("steps", self.steps),
-            ("eval_every", self.eval_every),
-            ("checkpoint_every", self.checkpoint_every),
-            ("patience", self.patience),
-            ("warmup", self.warmup),
+        for name, value, low in (
+            ("steps", self.steps, 1),
+            ("eval_every", self.eval_every, 1),
+            ("checkpoint_every", self.checkpoint_every, 1),
+            ("patience", self.patience, 1),
+            ("warmup", self.warmup, 0),
         ):
             if value is None and name == "patience":
                 continue
-            low = 0 if name == "warmup" else 1
             number = isinstance(value, (int, float, np.integer)) and not isinstance(value, bool)
             if not (number and value >= low and int(value) == value):
                 raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")

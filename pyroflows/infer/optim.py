@@ -7,7 +7,6 @@ Shared by :func:`~pyroflows.infer.fit` and :func:`~pyroflows.infer.fit_svi` (``o
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import torch
@@ -96,10 +95,7 @@ def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: in
         >>> rates
         [0.25, 0.5, 0.75, 1.0, 1.0]
     """
-    number = isinstance(warmup, numbers.Integral) and not isinstance(warmup, bool)
-    if not (number and warmup >= 0):
-        raise ValueError(f"warmup must be a whole number of steps >= 0; got {warmup!r}")
-    warm = int(warmup)
+    warm = int(warmup)  # checked by LoopConfig
 
     def ramp(k: int) -> float:
         return min(1.0, (k + 1) / warm) if warm else 1.0
