@@ -55,6 +55,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyroflows as pf
 from benchmarks.common import environment, markdown_table, set_threads
 from pyroflows.datasets.toy import OPTIMAL_NLL, TOY_DATASETS
+from pyroflows.transforms import ODESolver
 
 DATASETS = ("8gaussians", "checkerboard", "rings")
 METHODS = ("ffjord", "rnode", "fm", "fm+ml", "fm+rnode", "zuko")
@@ -62,6 +63,7 @@ DEFAULT_METHODS = ("ffjord", "rnode", "fm", "zuko")
 HIDDEN = (128, 128, 128)
 FM_STEPS = {"8gaussians": 10_000, "checkerboard": 20_000, "rings": 30_000}
 TOL = 1e-5
+SOLVER = ODESolver(rtol=TOL, atol=TOL)
 MARGIN = 0.15
 
 
@@ -120,7 +122,7 @@ def _pyroflows_run(
     """Train a pf.CNF (``start``: a copy of a flow-matching model to fine-tune) with pf.fit."""
     regularize = run.method in ("rnode", "fm+rnode")
     if start is None:
-        flow = pf.CNF(2, args.hidden, activation=nn.SiLU, rtol=TOL, atol=TOL)
+        flow = pf.CNF(2, args.hidden, activation=nn.SiLU, solver=SOLVER)
         cap, lr, batch_size = args.cap, args.lr, args.batch_size
         if run.method == "fm":
             cap, lr, batch_size = math.inf, args.fm_lr, args.fm_batch_size
@@ -205,7 +207,7 @@ def linear_cnf(train: torch.Tensor) -> pf.CNF:
     a = vecs @ torch.diag(0.5 * lam.log()) @ vecs.T  # expm(a) = cov^(1/2)
     # z(1) = expm(a) z(0) + a^-1 (expm(a) - I) b = cov^(1/2) z(0) + mean
     b = torch.linalg.solve(torch.linalg.matrix_exp(a) - torch.eye(2, dtype=a.dtype), a @ mean)
-    flow = pf.CNF(2, (), rtol=TOL, atol=TOL)
+    flow = pf.CNF(2, (), solver=SOLVER)
     layer = flow.transform.vector_field.layers[0]
     with torch.no_grad():
         for p in (layer.gate_weight, layer.gate_bias, layer.time_weight):

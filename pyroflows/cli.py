@@ -67,7 +67,7 @@ def _exact_divergence(flow: torch.nn.Module) -> None:
 
     for module in flow.modules():
         if isinstance(module, ContinuousFlow):
-            module.divergence = "exact"
+            module.set_divergence("exact")
 
 
 def _positive(kind: type, *, zero: bool = False) -> Any:

@@ -2,7 +2,8 @@
 
 Two moons (MAF and RealNVP, 2-D, standardised by the command line's table pipeline) and
 scikit-learn's bundled 8x8 digits (MAF on the logit of dequantised pixels, scored in bits/dim).
-``quick=True`` shrinks everything for tests.
+``quick=True`` shrinks everything for tests. Needs the extras ``plot`` and ``data``
+(``pip install "pyroflows[all]"``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ._optional import require
 from .cli import fit_table
 
 __all__ = ["run_demo"]
@@ -90,7 +92,14 @@ def _demo_digits(out: Path, quick: bool) -> dict[str, Any]:
 
 
 def run_demo(out: Path, *, quick: bool = False) -> int:
-    """Run the demo, write plots and ``results.csv`` into ``out``, print the table; returns 0."""
+    """Run the demo, write plots and ``results.csv`` into ``out``, print the table; returns 0.
+
+    Raises:
+        ImportError: before any work when matplotlib or scikit-learn is missing (the extras
+            ``plot`` and ``data``: ``pip install "pyroflows[all]"``).
+    """
+    require("matplotlib", "pyroflows demo (its plots)")
+    require("sklearn", "pyroflows demo (the bundled digits)")
     out.mkdir(parents=True, exist_ok=True)
     start, threads = time.perf_counter(), torch.get_num_threads()
     torch.set_num_threads(1)  # these small networks run fastest (and share a machine best) on one

@@ -633,15 +633,18 @@ class CNF(Flow):
         augment_hidden_dims: hidden sizes of :math:`q(a \mid x)`'s network.
         num_bound_samples: importance samples of the augmented ``log_prob`` bound.
         base: ``"normal"`` or ``"diag"`` (flow matching does not train the base).
-        **kwargs: options of :class:`~pyroflows.transforms.ContinuousFlow` (``divergence``,
-            ``regularize``, ``adjoint``, ``method``, ``rtol``, ``atol``, ``step_size``,
-            ``eval_*``, ``activation``, ``t0``, ``t1``, ``probe``).
+        **kwargs: options of :class:`~pyroflows.transforms.ContinuousFlow` (``solver`` and
+            ``eval_solver``: an :class:`~pyroflows.transforms.ODESolver` or a dict of its
+            settings; ``divergence``, ``regularize``, ``adjoint``, ``activation``, ``t0``,
+            ``t1``, ``probe``). A saved model keeps its solvers.
 
     Example:
-        >>> flow = CNF(2, hidden_dims=(16,), rtol=1e-4, atol=1e-4)
+        >>> flow = CNF(2, hidden_dims=(16,), solver={"rtol": 1e-4, "atol": 1e-4})
         >>> x, lp = flow.rsample_and_log_prob((3,))
         >>> x.shape, lp.shape, flow.transform.nfe > 0
         (torch.Size([3, 2]), torch.Size([3]), True)
+        >>> flow.transform.eval_solver
+        ODESolver(method='dopri5', rtol=0.0001, atol=0.0001, step_size=None)
     """
 
     def __init__(
@@ -656,8 +659,11 @@ class CNF(Flow):
         base: str = "normal",
         **kwargs: Any,
     ) -> None:
+        from .transforms.ode import upgrade_solver_options
+
         if int(augment_dim) < 0:
             raise ValueError(f"augment_dim must be >= 0; got {augment_dim}.")
+        kwargs = upgrade_solver_options(kwargs)  # model files written with method=, rtol=, ...
         dim = input_dim + int(augment_dim)
         if context_dim:
             t = ConditionalContinuousFlow(dim, context_dim, hidden_dims, **kwargs)

@@ -1,5 +1,5 @@
 r"""Plots of 2-D densities and samples (matplotlib, no display needed); image grids are
-:func:`pyroflows.save_image_grid`.
+:func:`pyroflows.save_image_grid`. Needs matplotlib: ``pip install "pyroflows[plot]"``.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly, never with ``pyplot``, so
 nothing opens a window, no global backend is switched, and figures are freed when dropped:
@@ -14,9 +14,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from torch import Tensor
+
+from ._optional import require
+
+require("matplotlib", "pyroflows.plotting")  # the extra "plot"
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "bounds_of",

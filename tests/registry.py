@@ -27,6 +27,7 @@ class Entry:
 
 
 H = (8, 8)
+TIGHT = T.ODESolver(rtol=1e-8, atol=1e-8)  # continuous flows: round trips to 1e-6
 REGISTRY: dict[str, Entry] = {
     # --- transforms -------------------------------------------------------------------------
     "affine_coupling": Entry(lambda: T.Coupling(3, H)),
@@ -55,9 +56,9 @@ REGISTRY: dict[str, Entry] = {
     "permute": Entry(lambda: T.Permute([2, 0, 1])),
     "reverse": Entry(lambda: T.Reverse(3)),
     # continuous flows: tight solver tolerances so float64 checks see the exact map
-    "cnf": Entry(lambda: T.ContinuousFlow(3, H, rtol=1e-8, atol=1e-8), tol=1e-6, fast=False),
+    "cnf": Entry(lambda: T.ContinuousFlow(3, H, solver=TIGHT), tol=1e-6, fast=False),
     "cond_cnf": Entry(
-        lambda: T.ConditionalContinuousFlow(3, 2, H, rtol=1e-8, atol=1e-8),
+        lambda: T.ConditionalContinuousFlow(3, 2, H, solver=TIGHT),
         context_dim=2,
         tol=1e-6,
         fast=False,
@@ -160,9 +161,9 @@ REGISTRY: dict[str, Entry] = {
         context_dim=2,
         tol=1e-5,
     ),
-    "CNF": Entry(lambda: pf.CNF(3, H, rtol=1e-8, atol=1e-8), is_flow=True, tol=1e-6, fast=False),
+    "CNF": Entry(lambda: pf.CNF(3, H, solver=TIGHT), is_flow=True, tol=1e-6, fast=False),
     "cond_CNF": Entry(
-        lambda: pf.CNF(3, H, context_dim=2, rtol=1e-8, atol=1e-8),
+        lambda: pf.CNF(3, H, context_dim=2, solver=TIGHT),
         is_flow=True,
         context_dim=2,
         tol=1e-6,

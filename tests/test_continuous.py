@@ -22,11 +22,17 @@ from pyroflows.nn import VectorField
 from pyroflows.transforms import (
     ConditionalContinuousFlow,
     ContinuousFlow,
+    ODESolver,
     SolverError,
     continuous_flow,
 )
 
 F64 = torch.float64
+
+
+def tol(eps: float) -> ODESolver:
+    """dopri5 at rtol = atol = eps."""
+    return ODESolver(rtol=eps, atol=eps)
 
 
 def linear_flow(A: torch.Tensor, **kwargs) -> ContinuousFlow:
@@ -65,7 +71,7 @@ def test_linear_field_gives_matrix_exponential_and_trace_log_det():
     torch.manual_seed(1)
     A = 0.7 * torch.randn(3, 3, dtype=F64)
     t0, t1 = 0.2, 1.5
-    t = linear_flow(A, t0=t0, t1=t1, rtol=1e-10, atol=1e-10)
+    t = linear_flow(A, t0=t0, t1=t1, solver=tol(1e-10))
     x = torch.randn(6, 3, dtype=F64)
     y, ld = t.forward_and_log_det(x)
     torch.testing.assert_close(y, x @ torch.linalg.matrix_exp((t1 - t0) * A).T, atol=1e-8, rtol=0)
@@ -82,7 +88,7 @@ def test_fixed_grid_method_counts_its_evaluations_and_converges():
     exact = x @ torch.linalg.matrix_exp(A).T
     errors = []
     for h in (0.25, 0.125):
-        t = linear_flow(A, method="rk4", step_size=h)
+        t = linear_flow(A, solver=ODESolver("rk4", step_size=h))
         y, _ = t.forward_and_log_det(x)
         assert t.nfe == 4 * round(1 / h)  # four evaluations per RK4 step
         errors.append(float((y.detach() - exact).abs().max()))
@@ -107,9 +113,9 @@ def test_round_trip_error_is_within_solver_tolerance(conditional):
     x = torch.randn(8, 2, dtype=F64)
     c = torch.randn(8, 3, dtype=F64) if conditional else None
     errors = []
-    for tol in (1e-4, 1e-8):
+    for eps in (1e-4, 1e-8):
         torch.manual_seed(4)  # the same field for both tolerances
-        t = random_flow(context_dim=3 if conditional else 0, rtol=tol, atol=tol)
+        t = random_flow(context_dim=3 if conditional else 0, solver=tol(eps))
         with torch.no_grad():
             y, ld = t.forward_and_log_det(x, c)
             x2, ld2 = t.inverse_and_log_det(y, c)
@@ -129,7 +135,7 @@ def _hutchinson_mean(t, x, n):
 @pytest.mark.parametrize("probe", ["gaussian", "rademacher"])
 def test_hutchinson_averages_to_the_exact_divergence(probe):
     torch.manual_seed(5)
-    t = random_flow(rtol=1e-7, atol=1e-7)
+    t = random_flow(solver=tol(1e-7))
     x = torch.randn(3, 2, dtype=F64)
     with torch.no_grad():
         exact = t.forward_and_log_det(x)[1]
@@ -157,7 +163,7 @@ def test_hutchinson_probe_is_held_fixed_for_a_whole_solve(monkeypatch):
 def test_adjoint_gradients_match_direct_backprop(conditional, direction):
     torch.manual_seed(7)
     t = random_flow(
-        hidden=(8,), context_dim=3 if conditional else 0, rtol=1e-9, atol=1e-9, regularize=True
+        hidden=(8,), context_dim=3 if conditional else 0, solver=tol(1e-9), regularize=True
     )
     x = torch.randn(5, 2, dtype=F64, requires_grad=True)
     c = torch.randn(5, 3, dtype=F64, requires_grad=True) if conditional else None
@@ -178,7 +184,7 @@ def test_adjoint_gradients_match_direct_backprop(conditional, direction):
 def test_rnode_penalties_of_a_linear_field_match_closed_forms():
     torch.manual_seed(8)
     A = 0.8 * torch.randn(2, 2, dtype=F64)
-    t = linear_flow(A, t0=0.0, t1=1.0, regularize=True, rtol=1e-10, atol=1e-10)
+    t = linear_flow(A, t0=0.0, t1=1.0, regularize=True, solver=tol(1e-10))
     x = torch.randn(4, 2, dtype=F64)
     y, _ = t.forward_and_log_det(x)
     reg = t.regularization()
@@ -195,7 +201,7 @@ def test_rnode_penalties_of_a_linear_field_match_closed_forms():
     torch.testing.assert_close(t.regularization()["kinetic"], kinetic, rtol=1e-7, atol=0)
     # Hutchinson's Frobenius estimate (Gaussian probes) is unbiased
     t.divergence = "hutchinson"
-    t.train_solver.rtol = t.train_solver.atol = 1e-6
+    t.train_solver = tol(1e-6)
     n = 20000
     t.forward_and_log_det(x[:1].repeat(n, 1))
     aat = A @ A.T
@@ -217,7 +223,7 @@ def test_penalties_are_only_integrated_when_asked():
 def test_evaluation_solves_skip_the_penalties_and_match_the_plain_flow():
     """In eval mode a regularised flow solves the plain ODE: same output, log-det and NFE."""
     x = torch.randn(5, 2, dtype=F64)
-    t = random_flow(rtol=1e-6, atol=1e-6).eval()
+    t = random_flow(solver=tol(1e-6)).eval()
     y, ld = t.inverse_and_log_det(x)
     plain_nfe = t.nfe
     t.regularize = True
@@ -232,7 +238,7 @@ def test_evaluation_solves_skip_the_penalties_and_match_the_plain_flow():
 @pytest.mark.slow
 def test_minimising_the_penalties_smooths_the_field():
     torch.manual_seed(9)
-    t = random_flow(hidden=(16,), regularize=True, rtol=1e-5, atol=1e-5).float()
+    t = random_flow(hidden=(16,), regularize=True, solver=tol(1e-5)).float()
     opt = torch.optim.Adam(t.parameters(), lr=1e-2)
     x = torch.randn(32, 2)
     values, nfes = [], []
@@ -251,7 +257,7 @@ def test_minimising_the_penalties_smooths_the_field():
 
 def test_fit_adds_penalties_and_records_nfe():
     torch.manual_seed(10)
-    flow = pf.CNF(2, (8,), regularize=True, rtol=1e-4, atol=1e-4)
+    flow = pf.CNF(2, (8,), regularize=True, solver=tol(1e-4))
     data = torch.randn(64, 2) * 0.5 + 1
     history = pf.fit(
         flow,
@@ -279,14 +285,17 @@ def test_underflow_raises_a_pyroflows_error_with_advice():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"method": "rk4"}, ValueError, "step_size"),
-        ({"method": "rk45"}, ValueError, "unknown ODE method"),
-        ({"rtol": 0.0}, ValueError, "positive"),
+        ({"solver": {"method": "rk4"}}, ValueError, "step_size"),
+        ({"solver": {"method": "rk45"}}, ValueError, "unknown ODE method"),
+        ({"solver": {"rtol": 0.0}}, ValueError, "positive"),
+        ({"solver": {"tol": 1e-4}}, TypeError, r"unknown solver setting\(s\) \['tol'\]"),
+        ({"solver": "rk4"}, TypeError, "ODESolver"),
+        ({"method": "rk4"}, TypeError, "method"),
         ({"t0": 1.0, "t1": 0.0}, ValueError, "t1 must be greater"),
         ({"divergence": "approx"}, ValueError, "divergence must be"),
         ({"probe": "uniform"}, ValueError, "probe must be"),
         ({"vector_field": lambda t, z, c: z}, TypeError, "nn.Module"),
-        ({"eval_method": "euler"}, ValueError, "step_size"),
+        ({"eval_solver": {"method": "euler"}}, ValueError, "step_size"),
     ],
 )
 def test_invalid_settings_raise_clear_errors(kwargs, error, match):
@@ -295,9 +304,7 @@ def test_invalid_settings_raise_clear_errors(kwargs, error, match):
 
 
 def test_training_and_evaluation_use_separate_solvers():
-    t = random_flow(
-        method="rk4", step_size=0.5, eval_method="dopri5", eval_rtol=1e-7, eval_atol=1e-7
-    )
+    t = random_flow(solver=ODESolver("rk4", step_size=0.5), eval_solver=tol(1e-7))
     x = torch.randn(4, 2, dtype=F64)
     t.train()
     y_train, _ = t.apply_forward(x, None)
@@ -306,14 +313,65 @@ def test_training_and_evaluation_use_separate_solvers():
     y_eval, _ = t.apply_forward(x, None)  # a new solve: the mode is part of the cache key
     assert t.nfe > 8 and t.solver is t.eval_solver
     assert not torch.equal(y_train, y_eval)
-    t.eval_solver.method, t.eval_solver.step_size = "euler", 0.25  # switchable in place
+    with pytest.raises(AttributeError):
+        t.eval_solver.method = "euler"  # settings are immutable: assign a new solver
+    t.eval_solver = {"method": "euler", "step_size": 0.25}  # switchable by assignment
     t.forward_and_log_det(x)
     assert t.nfe == 4
+    assert t.train_solver == ODESolver("rk4", step_size=0.5)  # the other one is untouched
+    with pytest.raises(ValueError, match="step_size"):
+        t.train_solver = {"method": "euler"}
+    assert t.train_solver.method == "rk4"  # a rejected setting leaves the old one
+
+
+def test_one_solver_serves_both_modes_unless_eval_solver_is_given():
+    t = ContinuousFlow(2, (8,), solver={"method": "rk4", "step_size": 0.5})
+    assert t.train_solver == t.eval_solver == ODESolver("rk4", step_size=0.5)
+    assert ContinuousFlow(2, (8,)).eval_solver == ODESolver("dopri5", rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_saved_cnf_keeps_its_training_and_evaluation_solvers(tmp_path, conditional):
+    flow = pf.CNF(
+        2,
+        (8,),
+        context_dim=2 if conditional else 0,
+        solver=ODESolver("rk4", step_size=0.25),
+        eval_solver={"rtol": 1e-7, "atol": 1e-6},
+    )
+    flow.save(tmp_path / "cnf.pt")
+    again = pf.load(tmp_path / "cnf.pt")
+    assert again.transform.train_solver == ODESolver("rk4", step_size=0.25)
+    assert again.transform.eval_solver == ODESolver("dopri5", rtol=1e-7, atol=1e-6)
+    assert isinstance(again.transform.eval_solver, ODESolver)
+
+
+def test_set_divergence_switches_for_good_or_inside_a_with_block():
+    torch.manual_seed(14)
+    t = random_flow(dim=3, solver=tol(1e-8))
+    t.divergence = "hutchinson"
+    x = torch.randn(4, 3, dtype=F64)
+    with torch.no_grad():
+        t.divergence = "exact"
+        _, exact = t.forward_and_log_det(x)
+        t.divergence = "hutchinson"
+        with t.set_divergence("exact") as same:
+            assert same is t and t.exact_divergence
+            _, again = t.forward_and_log_det(x)
+        assert t.divergence == "hutchinson"
+        _, noisy = t.forward_and_log_det(x)
+    torch.testing.assert_close(again, exact)  # exact: no probe noise
+    assert not torch.allclose(noisy, exact)
+    t.set_divergence("exact")
+    assert t.divergence == "exact" and t.exact_divergence
+    with pytest.raises(ValueError, match="divergence must be"):
+        t.set_divergence("approx")
+    assert t.divergence == "exact"
 
 
 def test_divergence_estimator_is_switchable_after_loading(tmp_path):
     torch.manual_seed(11)
-    flow = pf.CNF(2, (16,), divergence="exact", rtol=1e-7, atol=1e-7)
+    flow = pf.CNF(2, (16,), divergence="exact", solver=tol(1e-7))
     perturb(flow, 0.5)
     path = tmp_path / "cnf.pt"
     flow.save(path)
@@ -331,7 +389,7 @@ def test_divergence_estimator_is_switchable_after_loading(tmp_path):
 
 def test_variational_guide_samples_and_scores_in_one_solve(monkeypatch):
     torch.manual_seed(12)
-    flow = pf.CNF(2, (8,), rtol=1e-7, atol=1e-7)
+    flow = pf.CNF(2, (8,), solver=tol(1e-7))
     perturb(flow, 0.5)
     solves = []
     solve = flow.transform._solve
@@ -352,7 +410,7 @@ def test_pyro_autoguide_with_continuous_flow_helper():
         pyro.sample("z", dist.Normal(torch.tensor([1.0, -1.0]), 0.5).to_event(1))
 
     guide = AutoNormalizingFlow(
-        model, partial(iterated, 1, continuous_flow, hidden_dims=(8,), rtol=1e-4, atol=1e-4)
+        model, partial(iterated, 1, continuous_flow, hidden_dims=(8,), solver=tol(1e-4))
     )
     svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), Trace_ELBO())
     losses = [svi.step() for _ in range(3)]
@@ -384,7 +442,7 @@ def test_augmented_cnf_is_a_distribution_over_the_data_dimensions(tmp_path):
 
 def test_augmented_log_prob_is_a_lower_bound_that_tightens_with_samples():
     torch.manual_seed(13)
-    flow = pf.CNF(1, (16,), augment_dim=1, rtol=1e-6, atol=1e-6).double()
+    flow = pf.CNF(1, (16,), augment_dim=1, solver=tol(1e-6)).double()
     perturb(flow.transform, 0.5)
     perturb(flow.auxiliary, 0.1)
     x = torch.tensor([[0.3], [-1.0]], dtype=F64)
@@ -405,3 +463,24 @@ def test_augmented_log_prob_is_a_lower_bound_that_tightens_with_samples():
     assert (gap1 > 4 * bounds[1][1]).all()  # strictly below: q(a|x) is not the posterior
     assert (gap32 > -4 * bounds[32][1]).all()  # still a bound
     assert (gap32 < gap1 / 4).all()  # and much tighter
+
+
+def test_a_model_file_written_with_the_old_solver_keywords_still_loads(tmp_path):
+    import json
+
+    flow = pf.CNF(2, (8,), solver={"rtol": 1e-4, "atol": 1e-4})
+    flow.save(tmp_path / "new.pt")
+    payload = torch.load(tmp_path / "new.pt", weights_only=True)
+    config = json.loads(payload["config"])
+    del config["solver"]  # as written before solver objects: CNF(2, (8,), rtol=..., ...)
+    config.update(rtol=1e-4, atol=1e-4, eval_method="rk4", eval_step_size=0.25, eval_rtol=None)
+    payload["config"] = json.dumps(config)
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.warns(FutureWarning, match=r"solver= and eval_solver=.*save the model again"):
+        again = pf.load(tmp_path / "old.pt")
+    assert again.transform.train_solver == ODESolver(rtol=1e-4, atol=1e-4)
+    assert again.transform.eval_solver == ODESolver("rk4", rtol=1e-4, atol=1e-4, step_size=0.25)
+    x = torch.randn(3, 2)
+    torch.testing.assert_close(again.log_prob(x), flow.log_prob(x))  # the same weights
+    with pytest.raises(TypeError, match="only, not also"):
+        pf.CNF(2, (8,), solver=ODESolver(), rtol=1e-4)

@@ -89,7 +89,7 @@ def test_fm_cnf_learns_a_gaussian_in_the_sampling_direction_with_exact_likelihoo
     torch.manual_seed(3)
     mean, std = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.5])
     target = torch.distributions.Normal(mean, std)
-    flow = pf.CNF(2, (32, 32), rtol=1e-5, atol=1e-5)
+    flow = pf.CNF(2, (32, 32), solver={"rtol": 1e-5, "atol": 1e-5})
     history = pf.fit(
         flow,
         target.sample((4096,)),
@@ -177,7 +177,7 @@ def fm_toy_nll(name: str, steps: int) -> float:
     torch.manual_seed(0)
     make = toy.TOY_DATASETS[name]
     train, test = make(200_000, seed=0), make(5000, seed=1)
-    flow = pf.CNF(2, (128, 128, 128), rtol=1e-5, atol=1e-5)
+    flow = pf.CNF(2, (128, 128, 128), solver={"rtol": 1e-5, "atol": 1e-5})
     pf.fit(
         flow,
         train,

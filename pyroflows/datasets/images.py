@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._optional import require
+
 __all__ = ["DIGITS_LEVELS", "digits", "read_idx"]
 
 #: Number of grey levels of the digits images (values 0..16).
@@ -32,6 +34,8 @@ _SPLITS = ("train", "test", "all")
 
 def digits(split: str = "train", *, seed: int = 0, test_fraction: float = 0.2) -> Tensor:
     """The 1797 bundled 8x8 digits of scikit-learn as an ``(N, 1, 8, 8)`` tensor of levels 0..16.
+
+    Needs scikit-learn: ``pip install "pyroflows[data]"``.
 
     The held-out split is a fixed permutation drawn from ``seed``: the same ``seed`` and
     ``test_fraction`` always give the same split, and ``"train"`` and ``"test"`` never overlap.
@@ -59,7 +63,7 @@ def digits(split: str = "train", *, seed: int = 0, test_fraction: float = 0.2) -
         raise ValueError(f"split must be one of {_SPLITS}; got {split!r}")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in (0, 1); got {test_fraction}")
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "pyroflows.datasets.digits").load_digits
 
     data = load_digits().data  # (1797, 64) float64 with integer values 0..16
     images = torch.from_numpy(data.astype(np.int64)).reshape(-1, 1, 8, 8)

@@ -75,6 +75,9 @@ def save_image_grid(images: Tensor, path: str | os.PathLike, **kwargs) -> Path:
         >>> path.suffix, path.stat().st_size > 0
         ('.png', True)
     """
+    from .._optional import require
+
+    require("matplotlib.image", "save_image_grid")  # the extra "plot"
     import matplotlib.image
 
     grid = image_grid(images, **kwargs)

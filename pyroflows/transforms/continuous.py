@@ -17,7 +17,8 @@ plain flow's, so its cost and NFE do not depend on ``regularize``.
 
 Both directions cost one solve: ``_call`` (base -> data) integrates :math:`t_0 \to t_1`,
 ``_inverse`` (data -> base) integrates back. Training and evaluation use separate solver
-settings (``train_solver`` / ``eval_solver``, picked by ``module.training``).
+settings (:class:`~pyroflows.transforms.ODESolver` objects ``train_solver`` / ``eval_solver``,
+picked by ``module.training``).
 
 References:
     [1] R. T. Q. Chen, Y. Rubanova, J. Bettencourt, D. Duvenaud. Neural Ordinary Differential
@@ -30,8 +31,7 @@ References:
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +55,8 @@ __all__ = [
 
 #: exact divergence is the ``"auto"`` choice up to this dimension.
 EXACT_MAX_DIM = 8
+#: the default solver of continuous flows (training and evaluation).
+DEFAULT_SOLVER = ODESolver("dopri5", rtol=1e-5, atol=1e-5)
 
 
 class ContinuousFlow(FlowTransform):
@@ -73,15 +75,18 @@ class ContinuousFlow(FlowTransform):
         t0: integration time at the base.
         t1: integration time at the data (``t1 > t0``).
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact when
-            :math:`D \le 8`). An attribute, switchable at any time (e.g. after loading).
+            :math:`D \le 8`). Switchable at any time (e.g. after loading), by assigning the
+            attribute or with :meth:`set_divergence`.
         probe: Hutchinson probe, ``"gaussian"`` or ``"rademacher"``, drawn once per solve.
         regularize: also integrate the RNODE penalties in training mode; see
             :meth:`regularization`.
         adjoint: backpropagate with the adjoint method (``odeint_adjoint``, memory O(1) in the
             number of steps) instead of through the solver's operations.
-        method, rtol, atol, step_size: training solver (:class:`ODESolver`).
-        eval_method, eval_rtol, eval_atol, eval_step_size: evaluation solver (``None``: the
-            training value). Both live in :attr:`train_solver` / :attr:`eval_solver`.
+        solver: the ODE solver, an :class:`ODESolver` or a dict of its settings (``method``,
+            ``rtol``, ``atol``, ``step_size``); used in training mode, and in evaluation mode
+            too unless ``eval_solver`` is given. Held in :attr:`train_solver`.
+        eval_solver: the solver of evaluation mode (``module.eval()``), e.g. tighter
+            tolerances for scoring; ``None``: ``solver``. Held in :attr:`eval_solver`.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -94,6 +99,10 @@ class ContinuousFlow(FlowTransform):
         >>> x2, ld2 = t.inverse_and_log_det(y)
         >>> torch.allclose(x2, x, atol=1e-4), torch.allclose(ld2, ld, atol=1e-4)
         (True, True)
+        >>> fixed = ContinuousFlow(2, solver=ODESolver("rk4", step_size=0.25),
+        ...                        eval_solver={"rtol": 1e-6, "atol": 1e-6})
+        >>> fixed.train_solver.method, fixed.eval_solver.method
+        ('rk4', 'dopri5')
     """
 
     def __init__(
@@ -110,14 +119,8 @@ class ContinuousFlow(FlowTransform):
         probe: str = "gaussian",
         regularize: bool = False,
         adjoint: bool = False,
-        method: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        step_size: float | None = None,
-        eval_method: str | None = None,
-        eval_rtol: float | None = None,
-        eval_atol: float | None = None,
-        eval_step_size: float | None = None,
+        solver: ODESolver | Mapping[str, Any] = DEFAULT_SOLVER,
+        eval_solver: ODESolver | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__((input_dim,), context_dim=context_dim)
         if not float(t1) > float(t0):
@@ -136,12 +139,11 @@ class ContinuousFlow(FlowTransform):
         self.divergence, self.probe = divergence, probe
         self._regularization: dict[str, Tensor] | None = None
         self.regularize, self.adjoint = regularize, bool(adjoint)
-        self.train_solver = ODESolver(method, rtol, atol, step_size)
-        self.eval_solver = ODESolver(
-            method if eval_method is None else eval_method,
-            rtol if eval_rtol is None else eval_rtol,
-            atol if eval_atol is None else eval_atol,
-            step_size if eval_step_size is None else eval_step_size,
+        self.train_solver = ODESolver.coerce(solver, name="solver")
+        self.eval_solver = (
+            self.train_solver
+            if eval_solver is None
+            else ODESolver.coerce(eval_solver, name="eval_solver")
         )
         self.nfe = 0
 
@@ -156,6 +158,28 @@ class ContinuousFlow(FlowTransform):
         if value not in ("exact", "hutchinson", "auto"):
             raise ValueError(f"divergence must be 'exact', 'hutchinson' or 'auto'; got {value!r}.")
         self._divergence = value
+
+    def set_divergence(self, kind: str) -> _DivergenceSetting:
+        """Switch the divergence to ``kind`` (``"exact"``, ``"hutchinson"`` or ``"auto"``).
+
+        A plain call switches it for good (e.g. ``set_divergence("exact")`` to score a loaded
+        model without Hutchinson noise); in a ``with`` block it switches back on exit, like
+        ``torch.set_grad_enabled``.
+
+        Example:
+            >>> t = ContinuousFlow(16, hidden_dims=(8,))          # "auto": Hutchinson at D=16
+            >>> with t.set_divergence("exact"):
+            ...     t.exact_divergence
+            True
+            >>> t.divergence
+            'auto'
+            >>> _ = t.set_divergence("exact")
+            >>> t.divergence
+            'exact'
+        """
+        previous = self.divergence
+        self.divergence = kind
+        return _DivergenceSetting(self, previous)
 
     @property
     def probe(self) -> str:
@@ -191,13 +215,31 @@ class ContinuousFlow(FlowTransform):
         return self.regularize and self.training
 
     @property
+    def train_solver(self) -> ODESolver:
+        """The solver of training mode; assign an :class:`ODESolver` or a dict to change it."""
+        return self._train_solver
+
+    @train_solver.setter
+    def train_solver(self, value: ODESolver | Mapping[str, Any]) -> None:
+        self._train_solver = ODESolver.coerce(value, name="train_solver")
+
+    @property
+    def eval_solver(self) -> ODESolver:
+        """The solver of evaluation mode; assign an :class:`ODESolver` or a dict to change it."""
+        return self._eval_solver
+
+    @eval_solver.setter
+    def eval_solver(self, value: ODESolver | Mapping[str, Any]) -> None:
+        self._eval_solver = ODESolver.coerce(value, name="eval_solver")
+
+    @property
     def solver(self) -> ODESolver:
         """The settings in use now: :attr:`train_solver` in training mode, else :attr:`eval_solver`."""
         return self.train_solver if self.training else self.eval_solver
 
     def _key(self, context: Tensor | None) -> tuple:  # settings changes invalidate the slot
         settings = (self.divergence, self.probe, self._penalised, self.t0, self.t1)
-        return (*super()._key(context), dataclasses.astuple(self.solver), settings)
+        return (*super()._key(context), tuple(self.solver), settings)
 
     # ---- the solve ------------------------------------------------------------------------
     def _draw_probe(self, z: Tensor) -> Tensor:
@@ -252,9 +294,10 @@ class ContinuousFlow(FlowTransform):
             return SolverError(
                 f"{name}: the adaptive ODE solver underflowed ({msg}) with method="
                 f"{settings.method!r}, rtol={settings.rtol}, atol={settings.atol}: the dynamics "
-                "are too stiff for these tolerances. Loosen rtol/atol (transform.train_solver / "
-                "transform.eval_solver), or use a fixed-grid method, e.g. method='rk4', "
-                "step_size=0.05; when training, regularize=True (RNODE) keeps dynamics smooth."
+                "are too stiff for these tolerances. Loosen rtol/atol (solver=/eval_solver=, or "
+                "assign transform.train_solver / transform.eval_solver), or use a fixed-grid "
+                "method, e.g. solver=ODESolver('rk4', step_size=0.05); when training, "
+                "regularize=True (RNODE) keeps dynamics smooth."
             )
         if "non-finite" in msg:
             return NonFiniteError(
@@ -309,6 +352,19 @@ class ContinuousFlow(FlowTransform):
             f"adjoint={self.adjoint}, train_solver={self.train_solver}, "
             f"eval_solver={self.eval_solver}"
         )
+
+
+class _DivergenceSetting:
+    """What :meth:`ContinuousFlow.set_divergence` returns: restores the old one in a ``with``."""
+
+    def __init__(self, flow: ContinuousFlow, previous: str) -> None:
+        self.flow, self.previous = flow, previous
+
+    def __enter__(self) -> ContinuousFlow:
+        return self.flow
+
+    def __exit__(self, *exc: object) -> None:
+        self.flow.divergence = self.previous
 
 
 class ConditionalContinuousFlow(ConditionalFlowTransform, ContinuousFlow):

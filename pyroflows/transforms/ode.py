@@ -9,7 +9,9 @@ The dynamics integrate, next to the state :math:`z`, the divergence :math:`\nabl
 
 from __future__ import annotations
 
-import dataclasses
+import warnings
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -24,12 +26,21 @@ class SolverError(RuntimeError):
     """The ODE solver could not integrate the flow; the message says which setting to change."""
 
 
-@dataclasses.dataclass
-class ODESolver:
-    """Settings of one ODE solve (mutable: change them on a loaded model).
+class _SolverFields(NamedTuple):
+    method: str
+    rtol: float
+    atol: float
+    step_size: float | None
 
-    Tolerances below ``16 * eps`` of the state's dtype are raised to that floor, under which an
-    adaptive step-size control cannot make progress (float32: 1.9e-6).
+
+class ODESolver(_SolverFields):
+    """Settings of one ODE solve: immutable and validated, stored in model files as plain values.
+
+    A continuous flow holds one for training and one for evaluation
+    (``ContinuousFlow(..., solver=..., eval_solver=...)``); to change one, assign a new one
+    (``transform.eval_solver = ODESolver("rk4", step_size=0.05)``, or a dict of its fields) or
+    use :meth:`replace`. Tolerances below ``16 * eps`` of the state's dtype are raised to that
+    floor, under which an adaptive step-size control cannot make progress (float32: 1.9e-6).
 
     Args:
         method: a torchdiffeq method; adaptive ones use ``rtol``/``atol``, fixed-grid ones
@@ -43,15 +54,60 @@ class ODESolver:
         {'method': 'rk4', 'options': {'step_size': 0.1}}
         >>> ODESolver(rtol=1e-9).odeint_kwargs(torch.float32)["rtol"]
         1.9073...e-06
+        >>> ODESolver.coerce({"method": "euler", "step_size": 0.25}).replace(step_size=0.5)
+        ODESolver(method='euler', rtol=1e-05, atol=1e-05, step_size=0.5)
     """
 
-    method: str = "dopri5"
-    rtol: float = 1e-5
-    atol: float = 1e-5
-    step_size: float | None = None
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
+    def __new__(
+        cls,
+        method: str = "dopri5",
+        *,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        step_size: float | None = None,
+    ) -> ODESolver:
+        self = super().__new__(cls, method, rtol, atol, step_size)
         self.validate()
+        return self
+
+    def __getnewargs_ex__(self) -> tuple[tuple, dict]:  # copies and pickles re-validate
+        return (self.method,), {"rtol": self.rtol, "atol": self.atol, "step_size": self.step_size}
+
+    @classmethod
+    def coerce(cls, value: Any, *, name: str = "solver") -> ODESolver:
+        """An :class:`ODESolver` from itself, a dict of its fields, or the list of its four
+        values that a model file stores (:func:`pyroflows.save` writes it as a JSON list).
+
+        Raises:
+            TypeError: for anything else, or a dict with unknown keys.
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, Mapping):
+            unknown = sorted(set(value) - set(cls._fields))
+            if unknown:
+                raise TypeError(
+                    f"{name} got unknown solver setting(s) {unknown}; the settings are "
+                    f"{list(cls._fields)}."
+                )
+            method = value.get("method", "dopri5")
+            return cls(method, **{k: v for k, v in value.items() if k != "method"})
+        if isinstance(value, (tuple, list)) and len(value) == len(cls._fields):
+            method, rtol, atol, step_size = value
+            return cls(method, rtol=rtol, atol=atol, step_size=step_size)
+        raise TypeError(
+            f"{name} must be an ODESolver, e.g. ODESolver('rk4', step_size=0.05), or a dict of "
+            f"its settings, e.g. {{'rtol': 1e-4, 'atol': 1e-4}}; got {type(value).__name__}."
+        )
+
+    def replace(self, **changes: Any) -> ODESolver:
+        """A validated copy with ``changes`` applied (e.g. ``solver.replace(rtol=1e-6)``)."""
+        return type(self).coerce({**self._asdict(), **changes})
+
+    def _replace(self, **changes: Any) -> ODESolver:  # the NamedTuple spelling validates too
+        return self.replace(**changes)
 
     def validate(self) -> None:
         """Raise ``ValueError`` for an unknown method or missing/invalid step settings."""
@@ -59,7 +115,7 @@ class ODESolver:
             if self.step_size is None or not self.step_size > 0:
                 raise ValueError(
                     f"the fixed-grid method {self.method!r} needs a positive step_size, "
-                    f"e.g. method={self.method!r}, step_size=0.05; got {self.step_size!r}."
+                    f"e.g. ODESolver({self.method!r}, step_size=0.05); got {self.step_size!r}."
                 )
         elif self.method in ADAPTIVE_METHODS:
             if not (self.rtol > 0 and self.atol > 0):
@@ -74,7 +130,6 @@ class ODESolver:
 
     def odeint_kwargs(self, dtype: torch.dtype) -> dict:
         """Keyword arguments for ``torchdiffeq.odeint`` on a state of ``dtype``."""
-        self.validate()
         if self.method in FIXED_GRID_METHODS:
             return {"method": self.method, "options": {"step_size": float(self.step_size)}}
         floor = 16 * torch.finfo(dtype).eps
@@ -83,6 +138,44 @@ class ODESolver:
             "rtol": max(float(self.rtol), floor),
             "atol": max(float(self.atol), floor),
         }
+
+
+def upgrade_solver_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options of a model file written before solver objects: ``method``/``rtol``/``atol``/
+    ``step_size`` and ``eval_*`` become ``solver``/``eval_solver`` dicts (with a FutureWarning);
+    other options pass through. Used by :class:`~pyroflows.CNF`, so old files still load.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     upgrade_solver_options({"rtol": 1e-4, "eval_rtol": 1e-6, "regularize": True})
+        {'regularize': True, 'solver': {'rtol': 0.0001}, 'eval_solver': {'rtol': 1e-06}}
+    """
+    options = dict(options)
+    fields = ODESolver._fields
+    train = {k: options.pop(k) for k in fields if k in options}
+    evals = {k: options.pop(f"eval_{k}") for k in fields if f"eval_{k}" in options}
+    evals = {k: v for k, v in evals.items() if v is not None}  # None meant "the training value"
+    if not train and not evals:
+        return options
+    if "solver" in options or "eval_solver" in options:
+        raise TypeError(
+            "pass the solver settings as solver=ODESolver(...) / eval_solver=ODESolver(...) "
+            f"only, not also as {sorted(train) + [f'eval_{k}' for k in evals]}."
+        )
+    warnings.warn(
+        f"the solver keywords {sorted(train) + [f'eval_{k}' for k in evals]} are replaced by "
+        "solver= and eval_solver= (an ODESolver or a dict of its settings, e.g. "
+        "solver={'rtol': 1e-5, 'atol': 1e-5}); save the model again to update its file.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    if train:
+        options["solver"] = train
+    if evals:
+        options["eval_solver"] = {**train, **evals}
+    return options
 
 
 def _divergence(
