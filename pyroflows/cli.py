@@ -8,9 +8,10 @@
     pyroflows score model.pt data.csv --out scores.csv    # log-density per row, original units
     pyroflows demo                                        # two moons and digits, PNGs + a table
 
-``fit`` standardises each column (z = (x - mean) / std) and stores the standardiser in the model
-file, so ``sample`` and ``score`` work in the original units: the scores are
-log p(x) = log p_z(z) - sum(log std) (see :class:`~pyroflows.datasets.Standardizer`). Bad input
+``fit`` standardises each column (z = (x - mean) / std), fits the flow to z, and saves the flow
+with that standardisation as its data-end layer (:meth:`pyroflows.Flow.standardize_`), so
+``sample``, ``score`` and ``pyroflows.load(model).log_prob(raw_rows)`` all work in the original
+units: log p(x) = log p_z(z) - sum(log std). Bad input
 gets a one-line message on stderr and exit code 1 (2 for bad command-line usage).
 
 ``--flow cnf`` is a continuous flow trained by flow matching (``--objective flow-matching``, its
@@ -94,6 +95,10 @@ def fit_table(
 ) -> dict[str, Any]:
     """Standardise a finite table, fit ``flow`` with :func:`pyroflows.fit` (``kw`` go there;
     ``progress`` is off unless given), hold out ``val_fraction`` of the rows, and measure NLLs.
+
+    ``flow`` is fitted to the standardised rows z and models z on return; attach the
+    standardiser with ``flow.standardize_(mean=st.mean, std=st.std)`` (what ``pyroflows fit``
+    does before saving) to make it model the original units.
 
     Returns:
         ``standardizer``, ``history``, and ``train_nll``/``val_nll`` (mean NLL per row in the
@@ -184,7 +189,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     meta = {k: out[k] for k in ("train_nll", "val_nll", "n_train", "n_val")}
     meta |= dict(source=str(args.data), family=args.flow, steps=history.steps, seed=args.seed)
     meta |= dict(objective=objective)
-    pf.save(flow, args.out, standardizer=out["standardizer"].to_dict(), columns=columns, **meta)
+    st = out["standardizer"]  # part of the saved model: pf.load(out).log_prob(raw rows) works
+    pf.save(flow.standardize_(mean=st.mean, std=st.std), args.out, columns=columns, **meta)
     val = "n/a" if out["val_nll"] is None else f"{out['val_nll']:.4f}"
     print(
         f"fitted {FLOW_CHOICES[args.flow]} to {n} rows x {d} columns in "
@@ -212,14 +218,23 @@ def _load_model(path: str) -> tuple[Any, Any, list[str]]:
             f"{' with a context' if flow.context_dim else ''}; the command line handles "
             "unconditional models of table rows (shape (D,)) only"
         )
+    from pyroflows.transforms import Standardize
+
     d = flow.input_dim
     meta = getattr(flow, "metadata", {}) or {}
-    st = Standardizer.from_dict(meta["standardizer"]) if "standardizer" in meta else None
-    if st is None:
-        st = Standardizer(np.zeros(d), np.ones(d))
     columns = meta.get("columns") or [f"x{j}" for j in range(d)]
-    if st.dim != d or len(columns) != d:
-        raise CLIError(f"{path} is inconsistent: metadata for {st.dim} columns, model for {d}")
+    if len(columns) != d:
+        raise CLIError(
+            f"{path} is inconsistent: metadata for {len(columns)} columns, model for {d}"
+        )
+    last = flow.transforms[-1] if len(flow.transforms) else None
+    if "standardizer" in meta and not isinstance(last, Standardize):
+        # a file from before the flow held its standardisation: attach the one in the metadata
+        old = Standardizer.from_dict(meta["standardizer"])
+        if old.dim != d:
+            raise CLIError(f"{path} is inconsistent: metadata for {old.dim} columns, model for {d}")
+        flow.standardize_(mean=old.mean, std=old.std)
+    st = Standardizer(np.zeros(d), np.ones(d))  # identity: the flow takes original units
     flow.eval()
     _exact_divergence(flow)
     return flow, st, list(columns)

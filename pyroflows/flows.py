@@ -61,7 +61,7 @@ __all__ = [
 
 #: class name -> Flow subclass, filled automatically; used by ``load``.
 FLOWS: dict[str, type[Flow]] = {}
-_FORMAT = "pyroflows-model-1"
+_FORMAT = "pyroflows-model-2"
 
 
 class FlowDistribution(dist.TransformedDistribution):
@@ -126,9 +126,55 @@ class FlowDistribution(dist.TransformedDistribution):
         return x, lp
 
 
+def _class_name(value: type) -> str:
+    return f"{value.__module__}.{value.__qualname__}"
+
+
+def _allowed_class(name: str) -> type[nn.Module] | None:
+    """The activation class a config may name, or None: an ``nn.Module`` subclass defined in
+    ``torch.nn`` or ``pyroflows``, already imported (nothing is imported or called to find it),
+    that is not a flow or a transform and can be built without arguments."""
+    import sys
+
+    module_name, _, attr = name.rpartition(".")
+    if not (
+        module_name.startswith("torch.nn.")
+        or module_name == "pyroflows"
+        or module_name.startswith("pyroflows.")
+    ):
+        return None
+    module = sys.modules.get(module_name)
+    obj = vars(module).get(attr) if module is not None else None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        return None
+    if issubclass(obj, (Flow, Transform)):
+        return None
+    try:
+        params = list(inspect.signature(obj).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    empty = inspect.Parameter.empty
+    var = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    if any(p.default is empty and p.kind not in var for p in params):
+        return None
+    return obj
+
+
 def _encode(value: Any) -> Any:
+    """A JSON-able form of a flow configuration; classes become ``{"__class__": "mod.Name"}``.
+
+    Only classes that :func:`load` accepts may appear (activations from ``torch.nn`` or
+    ``pyroflows``), so a model that could not be loaded back is refused before it is written.
+    """
     if isinstance(value, type):
-        return {"__class__": f"{value.__module__}.{value.__qualname__}"}
+        name = _class_name(value)
+        if _allowed_class(name) is not value:
+            raise ValueError(
+                f"cannot save a configuration naming {name}: model files may only name activation "
+                "classes from torch.nn or pyroflows (e.g. torch.nn.ReLU); save the weights with "
+                "torch.save(flow.state_dict(), path) instead."
+            )
+        return {"__class__": name}
     if isinstance(value, (tuple, list)):
         return [_encode(v) for v in value]
     if isinstance(value, dict):
@@ -139,16 +185,24 @@ def _encode(value: Any) -> Any:
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and "__class__" in value:
-        module, _, name = value["__class__"].rpartition(".")
-        if not (module.startswith("torch.nn") or module.startswith("pyroflows")):
-            raise ValueError(f"refusing to import {value['__class__']} from a model file")
-        return getattr(importlib.import_module(module), name)
+    """Inverse of :func:`_encode` for the JSON kinds a configuration holds; anything else (a
+    class outside the activation allow-list, a function) raises ValueError before any call."""
+    if isinstance(value, dict):
+        if "__class__" in value:
+            name = value["__class__"]
+            cls = _allowed_class(name) if isinstance(name, str) and len(value) == 1 else None
+            if cls is None:
+                raise ValueError(
+                    f"refusing {value!r}: a model file may only name activation classes "
+                    "(nn.Module subclasses from torch.nn or pyroflows such as torch.nn.ReLU)"
+                )
+            return cls
+        return {str(k): _decode(v) for k, v in value.items()}
     if isinstance(value, list):
         return tuple(_decode(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _decode(v) for k, v in value.items()}
-    return value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise ValueError(f"unexpected value of type {type(value).__name__} in a configuration")
 
 
 class Flow(nn.Module):
@@ -285,15 +339,171 @@ class Flow(nn.Module):
         return self(context).rsample_and_log_prob(torch.Size(sample_shape))
 
     def save(self, path: str | Path, /, **metadata: Any) -> None:
-        """Save configuration, weights and JSON-able ``metadata``; see :func:`load`."""
+        """Save configuration, weights and JSON-able ``metadata``; see :func:`save`."""
         save(self, path, **metadata)
+
+    def standardize_(
+        self,
+        data: Tensor | None = None,
+        *,
+        mean: Tensor | Sequence[float] | None = None,
+        std: Tensor | Sequence[float] | None = None,
+    ) -> Flow:
+        r"""Put a fixed standardisation :math:`x = \mu + \sigma \odot z` at the data end (in place).
+
+        Appends (or replaces) a :class:`~pyroflows.transforms.Standardize` layer, so the flow's
+        learnable layers see :math:`z = (x - \mu) / \sigma` while ``log_prob`` takes data in
+        original units (with the log-Jacobian :math:`-\sum_j \log \sigma_j`) and ``sample``
+        returns original units. :math:`\mu, \sigma` are buffers: saved by :func:`save`, never
+        trained.
+
+        Either fit on raw data after ``flow.standardize_(x_train)`` (maximum likelihood), or
+        standardise the data yourself, fit, and attach the same :math:`\mu, \sigma` afterwards
+        (what the ``pyroflows`` command does; flow matching trains a bare CNF, so use this order
+        for it).
+
+        Args:
+            data: rows ``(N, *event_shape)`` whose per-element mean and standard deviation
+                become :math:`\mu, \sigma`.
+            mean: :math:`\mu` (instead of ``data``), broadcastable to ``event_shape``.
+            std: :math:`\sigma` (> 0, with ``mean``).
+
+        Returns:
+            the flow itself.
+
+        Example:
+            >>> flow = MAF(2, num_layers=1, hidden_dims=(8,))
+            >>> x = torch.tensor([[100.0, -5.0], [120.0, -3.0]])
+            >>> z = (x - x.mean(0)) / x.std(0, unbiased=False)
+            >>> before = flow.log_prob(z)
+            >>> _ = flow.standardize_(x)
+            >>> torch.allclose(flow.log_prob(x), before - torch.log(torch.tensor(10.0)))
+            True
+        """
+        from .transforms.standardize import Standardize
+
+        if getattr(self, "augment_dim", 0):
+            raise ValueError(
+                "standardize_ does not support augmented CNFs (augment_dim > 0): standardise the "
+                "data yourself and keep the mean and std beside the model."
+            )
+        if (data is None) == (mean is None and std is None) or (mean is None) != (std is None):
+            raise TypeError(
+                "standardize_ takes either data rows (flow.standardize_(x)) or both mean= and "
+                "std= (flow.standardize_(mean=m, std=s))."
+            )
+        if data is not None:
+            if not isinstance(data, Tensor):
+                data = torch.as_tensor(data)
+            shape, n = tuple(self.event_shape), len(self.event_shape)
+            if data.dim() < n + 1 or tuple(data.shape[data.dim() - n :]) != shape:
+                raise ValueError(
+                    f"Expected rows of shape (N, {', '.join(map(str, shape))}); "
+                    f"got {tuple(data.shape)}."
+                )
+            rows = data.detach().reshape(-1, *shape).double()
+            if len(rows) < 2 or not bool(torch.isfinite(rows).all()):
+                raise ValueError("standardize_ needs at least 2 rows, all finite.")
+            mean, std = rows.mean(0), rows.std(0, unbiased=False)
+            constant = torch.nonzero((std <= 1e-12 * mean.abs().clamp(min=1.0)).reshape(-1))
+            if len(constant):
+                raise ValueError(
+                    f"element(s) {constant.reshape(-1)[:10].tolist()} of the data are constant; "
+                    "a density over a constant column does not exist, so drop those columns."
+                )
+        ref = self.base_loc
+        mean = torch.as_tensor(mean, dtype=ref.dtype, device=ref.device)
+        std = torch.as_tensor(std, dtype=ref.dtype, device=ref.device)
+        layer = Standardize(mean, std, event_shape=self.event_shape)
+        last = self.transforms[-1] if len(self.transforms) else None
+        if isinstance(last, Standardize):
+            self.transforms[-1] = layer
+        else:
+            self.transforms.append(layer)
+        return self
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}, base={self.base!r}"
 
 
-def save(flow: Flow, path: str | Path, /, **metadata: Any) -> None:
+_LEGACY_FORMAT = "pyroflows-model-1"  # no checksum; read for files written before it
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _bad_file(path: Path, what: object) -> ValueError:
+    return ValueError(f"{path} is not a valid pyroflows model file: {_one_line(what)}")
+
+
+def _tensor_bytes(t: Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 over every field of a model file: the text fields by name, then each tensor of
+    the state dict in key order (name, dtype, shape and raw bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for key in sorted(k for k in payload if k not in ("state_dict", "checksum")):
+        h.update(f"{key}={payload[key]!s}\n".encode())
+    for name in sorted(payload["state_dict"]):
+        t = payload["state_dict"][name]
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _write_atomic(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it over ``path``: a write
+    that fails part-way leaves any previous file untouched and no temporary behind."""
+    import os
+    import secrets
+
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory; give a file name, e.g. {path / 'model.pt'}"
+        )
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"no directory {path.parent} to save {path.name} in; create it first "
+            f"(mkdir -p {path.parent})"
+        )
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _payload(kind: str, config: dict, layout: dict, state: dict, metadata: dict) -> dict:
+    payload: dict[str, Any] = {
+        "format": _FORMAT,
+        "kind": kind,
+        "config": json.dumps(_encode(config)),
+        "layout": json.dumps(layout),
+        "metadata": json.dumps(metadata),
+        "state_dict": {k: v.detach().cpu() for k, v in state.items()},
+    }
+    payload["checksum"] = _checksum(payload)
+    return payload
+
+
+def save(flow: Any, path: str | Path, /, **metadata: Any) -> None:
     """Write a model file holding ``flow``'s configuration, weights and ``metadata``.
+
+    ``flow`` is a :class:`Flow` built by a preset (with any :meth:`Flow.standardize_` layer) or
+    an :class:`~pyroflows.AutoFlow` guide that has seen its model (see :func:`load`). The file
+    holds JSON text and tensors only, plus a SHA-256 checksum of both. It is written to a
+    temporary file beside ``path`` and renamed over it, so a failed save never leaves a truncated
+    file where a good one was.
 
     Example:
         >>> import tempfile, os, pyroflows as pf
@@ -303,50 +513,194 @@ def save(flow: Flow, path: str | Path, /, **metadata: Any) -> None:
         >>> again = pf.load(path)
         >>> torch.equal(again.log_prob(torch.ones(3)), flow.log_prob(torch.ones(3)))
         True
-        >>> again.metadata
-        {'note': 'demo'}
+        >>> again.metadata, again.training
+        ({'note': 'demo'}, False)
     """
-    if getattr(flow, "config", None) is None:
+    from .infer.autoguide import AutoFlow
+    from .transforms.standardize import Standardize
+
+    json.dumps(metadata)  # refuse what JSON cannot hold before anything is written
+    if isinstance(flow, AutoFlow):
+        config, layout, state = flow._saved_parts()
+        kind, inner = "AutoFlow", flow.flow
+    elif isinstance(flow, Flow):
+        config, layout, state = flow.config, {}, flow.state_dict()
+        kind, inner = "Flow", flow
+    else:
+        raise TypeError(
+            f"pf.save takes a pf.Flow or a pf.AutoFlow guide; got {type(flow).__name__}."
+        )
+    last = inner.transforms[-1] if len(inner.transforms) else None
+    layout["standardize"] = isinstance(last, Standardize)
+    if config is None:
         raise ValueError(
             "this Flow was built from a list of transforms, so its configuration is unknown; "
             "save its weights with torch.save(flow.state_dict(), path) instead, or use a preset."
         )
-    payload = {
-        "format": _FORMAT,
-        "config": json.dumps(_encode(flow.config)),
-        "metadata": json.dumps(metadata),
-        "state_dict": {k: v.detach().cpu() for k, v in flow.state_dict().items()},
-    }
-    torch.save(payload, str(path))
+    _write_atomic(_payload(kind, config, layout, state, metadata), Path(path))
 
 
-def load(path: str | Path, *, map_location: str | torch.device | None = "cpu") -> Flow:
-    """Rebuild a flow saved by :func:`save` (no user code needed); ``.metadata`` holds the extras."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model file at {path}")
+def _read_payload(path: Path, map_location: Any) -> dict[str, Any]:
+    """The checked contents of a model file (format, field types, checksum)."""
     try:
         payload = torch.load(str(path), map_location=map_location, weights_only=True)
     except Exception as exc:
         raise ValueError(
             f"{path} is not a pyroflows model file ({exc.__class__.__name__})."
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+    if not isinstance(payload, dict) or payload.get("format") not in (_FORMAT, _LEGACY_FORMAT):
         raise ValueError(f"{path} is not a pyroflows model file (format {_FORMAT} expected).")
-    config = _decode(json.loads(payload["config"]))
-    cls_name = config.pop("class")
+    legacy = payload["format"] == _LEGACY_FORMAT
+    text = ("config", "metadata") if legacy else ("kind", "config", "layout", "metadata")
+    for key in (*text, "state_dict", *(() if legacy else ("checksum",))):
+        if key not in payload:
+            raise _bad_file(path, f"the {key!r} entry is missing")
+    for key in text:
+        if not isinstance(payload[key], str):
+            raise _bad_file(path, f"the {key!r} entry is not text")
+    state = payload["state_dict"]
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise _bad_file(path, "the state dict is not a mapping of names to tensors")
+    if not legacy and payload["checksum"] != _checksum(payload):
+        raise ValueError(
+            f"{path} was altered or damaged after it was saved (its checksum does not match its "
+            "contents); refit or restore the file from a copy."
+        )
+    out = dict(payload)
+    for key in ("config", "layout", "metadata") if not legacy else text:
+        try:
+            out[key] = json.loads(payload[key])
+        except ValueError as exc:
+            raise _bad_file(path, f"the {key!r} entry is not valid JSON ({exc})") from exc
+    out.setdefault("kind", "Flow")
+    out.setdefault("layout", {})
+    if not isinstance(out["config"], dict) or not isinstance(out["metadata"], dict):
+        raise _bad_file(path, "the configuration and metadata must be JSON objects")
+    if not isinstance(out["layout"], dict):
+        raise _bad_file(path, "the layout entry must be a JSON object")
+    return out
+
+
+def _rebuild(config: dict[str, Any], path: Path) -> Flow:
+    """Build the flow a configuration describes: the class must be a known ``Flow`` subclass and
+    the arguments must fit its signature; both are checked before anything is called."""
+    config = dict(config)
+    cls_name = config.pop("class", None)
+    if not isinstance(cls_name, str):
+        raise _bad_file(path, "the configuration names no flow class")
     if cls_name not in FLOWS:
         importlib.import_module("pyroflows")
-    if cls_name not in FLOWS:
+    cls = FLOWS.get(cls_name)
+    if cls is None:
         raise ValueError(f"unknown flow class {cls_name!r} in {path}")
-    flow = FLOWS[cls_name](**config)
-    state = payload["state_dict"]
-    floats = [v.dtype for v in state.values() if v.dtype.is_floating_point]
+    try:
+        kwargs = _decode(config)
+    except ValueError as exc:
+        raise _bad_file(path, exc) from exc
+    try:
+        inspect.signature(cls).bind(**kwargs)
+    except TypeError as exc:
+        raise _bad_file(path, f"arguments do not fit {cls_name}: {exc}") from exc
+    try:
+        return cls(**kwargs)
+    except Exception as exc:
+        raise _bad_file(path, f"cannot build {cls_name} from its configuration: {exc}") from exc
+
+
+def _load_state(module: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    """``load_state_dict`` after checking names and shapes, with a one-line error."""
+    want = module.state_dict()
+    missing = [k for k in want if k not in state]
+    extra = [k for k in state if k not in want]
+    shapes = [
+        f"{k} is {tuple(state[k].shape)} in the file but {tuple(v.shape)} in the model"
+        for k, v in want.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or extra or shapes:
+        parts = [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {extra[:3]}" if extra else "",
+        ]
+        parts += shapes[:3]
+        raise _bad_file(
+            path,
+            f"its weights do not fit its configuration ({'; '.join(p for p in parts if p)})",
+        )
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:
+        raise _bad_file(path, f"its weights do not fit its configuration ({exc})") from exc
+
+
+def load(
+    path: str | Path,
+    *,
+    model: Any = None,
+    map_location: str | torch.device | None = "cpu",
+) -> Any:
+    """Rebuild a flow (or an ``AutoFlow`` guide) saved by :func:`save`; no user code needed.
+
+    The returned module is in evaluation mode (``.eval()``: CNFs use their evaluation solver and
+    no regulariser); ``pf.fit``/``pf.fit_svi`` switch to training mode by themselves, and
+    ``.train()`` does it by hand. ``.metadata`` holds the JSON extras given to :func:`save`.
+
+    A guide file needs its model: ``guide = pf.load(path, model=model)`` returns an
+    :class:`~pyroflows.AutoFlow` whose saved flow, location and scale are put in place the first
+    time it sees the model (``guide(*args)``, an SVI step, ``guide.median(*args)``), after checking
+    that the model has the same latent sites (names, unconstrained shapes, supports) in the same
+    order. As for any Pyro module, clear Pyro's parameter store (``pyro.clear_param_store()``)
+    first if another guide of the same name ran in this process.
+
+    Nothing named in the file is called except a known :class:`Flow` subclass (with arguments
+    that fit its signature) and activation classes from ``torch.nn``/``pyroflows``; a file whose
+    contents do not match its checksum, or whose weights do not fit its configuration, raises a
+    one-line ``ValueError``.
+
+    Args:
+        path: the model file.
+        model: the Pyro model of a saved guide (required for guides, refused for flows).
+        map_location: where to put the tensors (``torch.load``'s argument).
+    """
+    from .infer.autoguide import AutoFlow
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    payload = _read_payload(path, map_location)
+    kind, layout, state = payload["kind"], payload["layout"], payload["state_dict"]
+    if kind not in ("Flow", "AutoFlow"):
+        raise _bad_file(path, f"unknown kind {kind!r}")
+    if kind == "AutoFlow" and model is None:
+        raise ValueError(
+            f"{path} holds an AutoFlow guide, which needs its model: pf.load(path, model=model)."
+        )
+    if kind == "Flow" and model is not None:
+        raise ValueError(f"{path} holds a flow, not a guide; call pf.load(path) without model=.")
+    flow = _rebuild(payload["config"], path)
+    prefix = "flow." if kind == "AutoFlow" else ""
+    flow_state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    floats = [v.dtype for v in flow_state.values() if v.dtype.is_floating_point]
     if floats:
         flow = flow.to(floats[0])
-    flow.load_state_dict(state)
-    flow.metadata = json.loads(payload["metadata"])
-    return flow
+    if layout.get("standardize") is True:  # a placeholder layer; its values come with the state
+        try:
+            flow.standardize_(mean=torch.zeros(flow.event_shape), std=torch.ones(flow.event_shape))
+        except ValueError as exc:
+            raise _bad_file(path, exc) from exc
+    _load_state(flow, flow_state, path)
+    if kind == "AutoFlow":
+        rest = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        try:
+            out = AutoFlow._from_saved(model, flow, layout, rest)
+        except ValueError as exc:
+            raise _bad_file(path, exc) from exc
+    else:
+        out = flow
+    out.metadata = payload["metadata"]
+    return out.eval()
 
 
 # ---- seed presets ------------------------------------------------------------------------------

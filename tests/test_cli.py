@@ -61,10 +61,8 @@ def test_fit_sample_score_round_trip(tmp_path, capsys, table):
     assert code == 0 and "scored 300 rows" in out
     lp, columns = load_table(scores)
     assert columns == ["log_prob"] and lp.shape == (300, 1)
-    st = flow.metadata["standardizer"]
-    z = torch.tensor((x - np.array(st["mean"])) / np.array(st["std"]), dtype=torch.float32)
-    with torch.no_grad():
-        expect = flow.log_prob(z).double().numpy() - np.log(st["std"]).sum()
+    with torch.no_grad():  # the saved flow holds its standardisation: it takes raw rows
+        expect = flow.log_prob(torch.tensor(x, dtype=torch.float32)).double().numpy()
     assert np.allclose(lp[:, 0], expect, atol=1e-5)
     assert -lp.mean() == pytest.approx(truth, abs=0.3)
 
@@ -116,10 +114,8 @@ def test_cnf_scores_are_exact_in_ten_dimensions(tmp_path, capsys):
     assert np.array_equal(scores[0], scores[1])  # no probe noise
     flow = pf.load(model).eval()
     flow.transform.divergence = "exact"
-    st = flow.metadata["standardizer"]
-    z = torch.tensor((x - np.array(st["mean"])) / np.array(st["std"]), dtype=torch.float32)
-    with torch.no_grad():
-        expect = flow.log_prob(z).double().numpy() - np.log(st["std"]).sum()
+    with torch.no_grad():  # the saved flow holds its standardisation: it takes raw rows
+        expect = flow.log_prob(torch.tensor(x, dtype=torch.float32)).double().numpy()
     assert np.allclose(scores[0], expect, atol=1e-4)
     assert run(capsys, "sample", model, "-n", "5", "--out", tmp_path / "x.npy")[0] == 0
     assert np.load(tmp_path / "x.npy").shape == (5, 10)
@@ -262,3 +258,29 @@ def test_demo_quick(tmp_path, capsys):
     for line in table[1:]:
         assert math.isfinite(float(line.split(",")[3]))
     assert "two moons (2-D)  MAF" in out and "digits (64-D)" in out
+
+
+def test_a_cli_model_loaded_in_python_scores_and_samples_raw_rows_like_the_cli(tmp_path, capsys):
+    """The standardisation is part of the saved flow (a fixed Standardize layer at the data end),
+    so ``pf.load(model).log_prob(raw rows)`` is what ``pyroflows score`` prints."""
+    rng = np.random.default_rng(2)
+    x = np.column_stack([rng.normal(5e3, 40.0, 400), rng.normal(-2.0, 0.05, 400)])
+    data = tmp_path / "raw.csv"
+    data.write_text("big,small\n" + "\n".join(f"{a:.17g},{b:.17g}" for a, b in x) + "\n")
+    model, scores = tmp_path / "m.pt", tmp_path / "scores.csv"
+    assert run(capsys, "fit", data, *FAST, "--steps", "60", "--out", model)[0] == 0
+    assert run(capsys, "score", model, data, "--out", scores)[0] == 0
+    printed = load_table(scores)[0][:, 0]
+    flow = pf.load(model)
+    with torch.no_grad():
+        lp = flow.log_prob(torch.tensor(x, dtype=torch.float32)).double().numpy()
+    np.testing.assert_allclose(lp, printed, rtol=1e-9, atol=1e-9)
+    truth = 0.5 * math.log(2 * math.pi * math.e * 40.0**2) + 0.5 * math.log(
+        2 * math.pi * math.e * 0.05**2
+    )
+    assert -lp.mean() == pytest.approx(truth, abs=0.3)
+    assert flow.metadata["train_nll"] == pytest.approx(-lp.mean(), abs=0.3)
+    with torch.no_grad():
+        s = flow.sample((3000,)).double().numpy()
+    assert np.allclose(s.mean(0), [5e3, -2.0], atol=[4.0, 0.01])
+    assert np.allclose(s.std(0), [40.0, 0.05], rtol=0.15)

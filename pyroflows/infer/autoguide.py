@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
@@ -94,6 +96,8 @@ class AutoFlow(AutoContinuous):
 
     scale_constraint = constraints.softplus_positive
     quantile_samples: int = 1000
+    #: (layout, state) of a guide read by :func:`pyroflows.load`, put in place at setup.
+    _saved: tuple[dict, dict] | None = None
 
     def __init__(
         self,
@@ -151,10 +155,14 @@ class AutoFlow(AutoContinuous):
 
     def _setup_prototype(self, *args: Any, **kwargs: Any) -> None:
         super()._setup_prototype(*args, **kwargs)
+        if self._saved is not None:  # a guide from pyroflows.load: same latent sites?
+            self._check_saved_layout(self._saved[0])
         loc = self._init_loc()
         self.loc = nn.Parameter(loc)
         self.scale = PyroParam(torch.full_like(loc, self._init_scale), self.scale_constraint)
         self.flow = self._build_flow(self.latent_dim).to(dtype=loc.dtype, device=loc.device)
+        if self._saved is not None:
+            self._restore_saved()
 
     def _require_setup(self) -> None:
         if self.prototype_trace is None:
@@ -226,3 +234,132 @@ class AutoFlow(AutoContinuous):
             3.0
         """
         return {k: v[0] for k, v in self.quantiles([0.5], *args, **kwargs).items()}
+
+    # ---- saving and loading (pyroflows.save / pyroflows.load) ----------------------------
+    def save(self, path: str | Path, /, **metadata: Any) -> None:
+        r"""Save the guide: its flow (configuration and weights), :math:`\mu`, :math:`\sigma`
+        and the model's latent-site layout, with JSON-able ``metadata``.
+
+        Reload with ``pf.load(path, model=model)`` (see :func:`pyroflows.load`): the model is
+        not saved, and the loaded guide checks that it has the same latent sites.
+
+        Example:
+            >>> import os, tempfile, pyro, pyro.distributions as dist, pyroflows as pf
+            >>> def model():
+            ...     pyro.sample("s", dist.LogNormal(0.0, 1.0))
+            >>> pyro.clear_param_store()
+            >>> guide = pf.AutoFlow(model, num_layers=1, hidden_dims=(4,))
+            >>> _ = guide()                          # the guide sees the model
+            >>> path = os.path.join(tempfile.mkdtemp(), "guide.pt")
+            >>> guide.save(path, note="demo")
+            >>> again = pf.load(path, model=model)
+            >>> _ = again()                          # sees the model: saved values put in place
+            >>> _ = pyro.set_rng_seed(0); m = again.median()["s"]   # Monte Carlo: same seed
+            >>> _ = pyro.set_rng_seed(0); bool(guide.median()["s"] == m), again.metadata
+            (True, {'note': 'demo'})
+        """
+        from ..flows import save
+
+        save(self, path, **metadata)
+
+    def _site_layout(self) -> list[list[Any]]:
+        """``[name, unconstrained shape, support kind]`` of each latent site, in packing order."""
+        return [
+            [name, list(self._unconstrained_shapes[name]), _support_kind(site["fn"].support)]
+            for name, site in self.prototype_trace.iter_stochastic_nodes()
+        ]
+
+    def _saved_parts(self) -> tuple[dict | None, dict, dict]:
+        """(flow configuration, layout, state dict) for :func:`pyroflows.save`."""
+        if self.prototype_trace is None:
+            raise ValueError(
+                "AutoFlow has not seen the model yet, so it holds nothing to save; call the guide "
+                "once with the model's arguments (guide(*args)) or take an SVI step first."
+            )
+        layout = {
+            "latent_dim": int(self.latent_dim),
+            "sites": self._site_layout(),
+            "quantile_samples": int(self.quantile_samples),
+        }
+        return self.flow.config, layout, self.state_dict()
+
+    @classmethod
+    def _from_saved(
+        cls, model: Callable[..., Any], flow: Flow, layout: dict, state: dict
+    ) -> AutoFlow:
+        """A guide for ``model`` that puts a saved ``flow``, location and scale in place when it
+        first sees the model (after checking the layout)."""
+        dim = layout.get("latent_dim")
+        sites = layout.get("sites")
+        ok_sites = isinstance(sites, list) and all(
+            isinstance(s, list)
+            and len(s) == 3
+            and isinstance(s[0], str)
+            and isinstance(s[1], list)
+            and all(isinstance(n, int) and n >= 0 for n in s[1])
+            and isinstance(s[2], str)
+            for s in sites
+        )
+        if not ok_sites or not isinstance(dim, int):
+            raise ValueError("the guide's site layout is malformed")
+        if dim != sum(math.prod(s[1]) for s in sites) or (dim,) != tuple(flow.event_shape):
+            raise ValueError(
+                f"the guide's site layout ({dim} latent dimensions) does not fit its flow "
+                f"(event shape {tuple(flow.event_shape)})"
+            )
+        for key in ("loc", "scale_unconstrained"):
+            if key not in state or tuple(state[key].shape) != (dim,):
+                raise ValueError(f"the guide's {key!r} is missing or not of shape ({dim},)")
+
+        def saved_flow(latent_dim: int) -> Flow:
+            return flow
+
+        saved_flow.__name__ = type(flow).__name__
+        guide = cls(model, saved_flow)
+        guide._saved = (layout, dict(state))
+        samples = layout.get("quantile_samples")
+        if isinstance(samples, int) and samples > 0:
+            guide.quantile_samples = samples
+        return guide
+
+    def _check_saved_layout(self, layout: dict) -> None:
+        saved = [(n, tuple(shape), kind) for n, shape, kind in layout["sites"]]
+        found = [(n, tuple(shape), kind) for n, shape, kind in self._site_layout()]
+        if saved != found:
+            self.prototype_trace = None  # stay un-set-up: the next call checks again
+
+            def text(sites: list) -> str:
+                return ", ".join(f"{n} {shape} {kind}" for n, shape, kind in sites)
+
+            raise ValueError(
+                "the model's latent sites differ from those the guide was saved with: saved "
+                f"[{text(saved)}], model [{text(found)}] (name, unconstrained shape, support); "
+                "load the guide with the model it was fitted to."
+            )
+
+    def _restore_saved(self) -> None:
+        _, state = self._saved
+        self._saved = None
+        full = {**state, **{f"flow.{k}": v for k, v in self.flow.state_dict().items()}}
+        try:
+            self.load_state_dict(full)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the saved guide does not fit this AutoFlow: {' '.join(str(exc).split())}"
+            ) from exc
+        self.flow.train(self.training)
+        # Pyro's parameter store keys parameters by name, and a value it already holds under
+        # this guide's names (another AutoFlow that ran in this process) would replace the
+        # loaded one; drop those so the loaded values are the ones registered.
+        store = pyro.get_param_store()
+        prefix = self._pyro_name
+        for name in list(store.keys()):
+            if name in (f"{prefix}.loc", f"{prefix}.scale") or name.startswith(f"{prefix}.flow$$$"):
+                del store[name]
+
+
+def _support_kind(support: constraints.Constraint) -> str:
+    """The kind of a site's support, without its parameters (``Real``, ``GreaterThan``, ...)."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return type(support).__name__.lstrip("_")

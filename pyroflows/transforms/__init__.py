@@ -51,6 +51,7 @@ from .multiscale import (
     realnvp_image_transforms,
 )
 from .planar import ConditionalPlanar, Planar, conditional_planar, planar
+from .standardize import Standardize
 
 __all__ = [
     "ActNorm",
@@ -79,6 +80,7 @@ __all__ = [
     "Reverse",
     "SolverError",
     "Squeeze",
+    "Standardize",
     "actnorm",
     "additive_coupling",
     "affine_coupling",
