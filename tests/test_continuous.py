@@ -468,6 +468,8 @@ def test_augmented_log_prob_is_a_lower_bound_that_tightens_with_samples():
 def test_a_model_file_written_with_the_old_solver_keywords_still_loads(tmp_path):
     import json
 
+    from pyroflows.flows import _checksum
+
     flow = pf.CNF(2, (8,), solver={"rtol": 1e-4, "atol": 1e-4})
     flow.save(tmp_path / "new.pt")
     payload = torch.load(tmp_path / "new.pt", weights_only=True)
@@ -475,6 +477,7 @@ def test_a_model_file_written_with_the_old_solver_keywords_still_loads(tmp_path)
     del config["solver"]  # as written before solver objects: CNF(2, (8,), rtol=..., ...)
     config.update(rtol=1e-4, atol=1e-4, eval_method="rk4", eval_step_size=0.25, eval_rtol=None)
     payload["config"] = json.dumps(config)
+    payload["checksum"] = _checksum(payload)  # a consistent file, as the old version wrote it
     torch.save(payload, tmp_path / "old.pt")
     with pytest.warns(FutureWarning, match=r"solver= and eval_solver=.*save the model again"):
         again = pf.load(tmp_path / "old.pt")
