@@ -17,12 +17,21 @@ gets a one-line message on stderr and exit code 1 (2 for bad command-line usage)
 ``--flow cnf`` is a continuous flow trained by flow matching (``--objective flow-matching``, its
 default: no ODE solve while training); its scores and reported NLLs are exact ODE likelihoods
 with the exact divergence, whatever the dimension.
+
+Every ``--out`` is checked before any work: it must name a file (not a folder) in a folder that
+exists, and it must not be one of the command's input files (the same file also through a
+symbolic or hard link), so nothing the user had is overwritten. In tables an empty cell is a
+missing value (NaN): ``fit`` reports the rows that have one, ``score`` scores them NaN.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import inspect
+import math
+import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -32,10 +41,31 @@ from typing import Any
 import numpy as np
 import torch
 
+from .flows import FLOWS
+
 __all__ = ["FLOW_CHOICES", "main"]
 
-#: ``--flow`` names -> preset class names of :mod:`pyroflows.flows`.
-FLOW_CHOICES = {n.lower(): n for n in ("MAF", "RealNVP", "NICE", "Glow", "Planar", "IAF", "CNF")}
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _vector_presets() -> dict[str, str]:
+    """``--flow`` names -> names of the presets in :data:`pyroflows.FLOWS` that model table rows:
+    the classes of pyroflows whose ``__init__`` takes ``input_dim`` and ``hidden_dims`` and needs
+    nothing else. A new preset shows up here (and in ``--flow``) without an edit."""
+    out = {}
+    for name, cls in FLOWS.items():
+        if name.startswith("_") or cls.__module__.split(".")[0] != "pyroflows":
+            continue
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        names = {p.name for p in params}
+        needed = {p.name for p in params if p.default is p.empty and p.kind not in _VARIADIC}
+        if {"input_dim", "hidden_dims"} <= names and needed <= {"input_dim"}:
+            out[name.lower()] = name
+    return dict(sorted(out.items()))
+
+
+#: ``--flow`` names -> preset class names of :data:`pyroflows.FLOWS` (see :func:`_vector_presets`).
+FLOW_CHOICES = _vector_presets()
 _COUPLING = {"realnvp", "nice", "glow"}
 #: ``--objective`` names -> :func:`pyroflows.fit` objectives.
 OBJECTIVES = {"nll": "nll", "flow-matching": "flow_matching"}
@@ -72,19 +102,102 @@ def _exact_divergence(flow: torch.nn.Module) -> None:
 
 
 def _positive(kind: type, *, zero: bool = False) -> Any:
-    """An argparse type: a number of ``kind`` above 0 (or at least 0 with ``zero=True``)."""
+    """An argparse type: a finite number of ``kind`` above 0 (or at least 0 with ``zero=True``)."""
     what = "a whole number >= 0" if zero else f"a positive {kind.__name__}"
+    what = "a positive finite number" if kind is float else what
 
     def parse(text: str) -> Any:
         try:
             v = kind(text)
         except ValueError:
             v = None
-        if v is None or not (v >= 0 if zero else v > 0):
+        if v is None or not math.isfinite(v) or not (v >= 0 if zero else v > 0):
             raise argparse.ArgumentTypeError(f"expected {what}; got {text!r}")
         return v
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type for ``--val-fraction``: a finite number in [0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not 0 <= v < 1:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(
+            f"expected the share of rows to hold out, a number from 0 (none) up to but not "
+            f"including 1, e.g. 0.1; got {text!r}"
+        )
+    return v
+
+
+def _seed(text: str) -> int:
+    """An argparse type for ``--seed``: a whole number in [0, 2**32 - 1] (what numpy accepts)."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number from 0 to {2**32 - 1}; got {text!r}"
+        )
+    return v
+
+
+def _check_out(out: str, inputs: Sequence[str] = (), *, example: str) -> None:
+    """Refuse, before any work, an ``--out`` that cannot be written or that is one of ``inputs``.
+
+    ``out`` must name a file (not a folder, not empty) in a folder that exists and is writable;
+    missing folders are not created (the message gives the ``mkdir`` to run). An ``out`` that is
+    the same file as an input (compared with :func:`os.path.samefile`, so also through symbolic
+    and hard links) is refused: writing there would destroy the input.
+    """
+    if not out.strip():
+        raise CLIError(f"--out is empty; give the file to write, e.g. --out {example}")
+    path = Path(out)
+    if path.is_dir() or out.endswith(("/", os.sep)):
+        raise CLIError(
+            f"--out {out} is a folder; give a file to write in it, e.g. --out {path / example}"
+        )
+    folder = path.parent
+    if not folder.exists():
+        raise CLIError(
+            f"--out {out}: the folder {folder} does not exist; create it first "
+            f"(mkdir -p {shlex.quote(str(folder))}) or give another --out"
+        )
+    if not folder.is_dir():
+        raise CLIError(f"--out {out}: {folder} is a file, not a folder; give another --out")
+    for source in inputs:
+        try:
+            same = os.path.samefile(out, source)
+        except OSError:  # one of them does not exist (yet): not the same file
+            same = False
+        if same:
+            how = "" if os.path.abspath(out) == os.path.abspath(source) else " (through a link)"
+            raise CLIError(
+                f"--out {out} is the input file {source}{how}; writing it would destroy the "
+                "input, so give another --out"
+            )
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise CLIError(f"--out {out}: no permission to write there; give another --out")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Check a command's ``--out`` before it does any work (see :func:`_check_out`); ``demo``
+    writes into a folder, which it may create, but not inside a folder that does not exist."""
+    if args.command != "demo":
+        _check_out(args.out, [getattr(args, k) for k in args.inputs], example=args.example)
+        return
+    out = Path(args.out)
+    if not args.out.strip() or (out.exists() and not out.is_dir()):
+        what = "is empty" if not args.out.strip() else f"{args.out} is a file"
+        raise CLIError(f"--out {what}; give a folder for the plots, e.g. --out demo-output")
+    if not out.parent.is_dir():
+        raise CLIError(
+            f"--out {args.out}: the folder {out.parent} does not exist; create it first "
+            f"(mkdir -p {shlex.quote(str(out.parent))}) or give another --out"
+        )
 
 
 # ---- fit ---------------------------------------------------------------------------------------
@@ -150,8 +263,9 @@ def _load_finite_table(path: str) -> tuple[np.ndarray, list[str]]:
     bad = np.flatnonzero(~check_rows(x))
     if len(bad):
         raise CLIError(
-            f"{path} has {len(bad)} row(s) with NaN/Inf (data rows {_rows_text(bad)}, counted "
-            "from 1 after any header); remove or impute them before fitting"
+            f"{path} has {len(bad)} row(s) with NaN/Inf or empty cells (data rows "
+            f"{_rows_text(bad)}, counted from 1 after any header); remove or impute them before "
+            "fitting"
         )
     return x, columns
 
@@ -171,12 +285,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     objective = args.objective or ("flow-matching" if cnf else "nll")
     if objective == "flow-matching" and not cnf:
         raise CLIError("--objective flow-matching trains continuous flows; use --flow cnf")
-    if cnf and args.layers is not None:
-        raise CLIError("--flow cnf is one ODE, not a stack of layers; size it with --hidden")
+    preset = FLOWS[FLOW_CHOICES[args.flow]]
+    if args.layers is not None and "num_layers" not in inspect.signature(preset).parameters:
+        what = "is one ODE, not a stack of layers" if cnf else "takes no --layers"
+        raise CLIError(f"--flow {args.flow} {what}; size it with --hidden")
     kwargs: dict[str, Any] = {"hidden_dims": args.hidden}
     kwargs |= {} if args.layers is None else {"num_layers": args.layers}
     torch.manual_seed(args.seed)
-    flow = getattr(pf, FLOW_CHOICES[args.flow])(d, **kwargs)
+    try:
+        flow = preset(d, **kwargs)
+    except ValueError as exc:
+        raise CLIError(f"--flow {args.flow} cannot model this table: {exc}; try maf") from exc
     start = time.perf_counter()
     opts = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     opts |= dict(objective=OBJECTIVES[objective], warmup=args.warmup)
@@ -185,7 +304,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     history = out["history"]
     if history.diverged:
         print(f"warning: training diverged: {history.message}", file=sys.stderr)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     meta = {k: out[k] for k in ("train_nll", "val_nll", "n_train", "n_val")}
     meta |= dict(source=str(args.data), family=args.flow, steps=history.steps, seed=args.seed)
     meta |= dict(objective=objective)
@@ -241,10 +359,12 @@ def _load_model(path: str) -> tuple[Any, Any, list[str]]:
 
 
 def _write_table(path: str, array: np.ndarray, columns: Sequence[str]) -> None:
+    """Write ``array`` to exactly ``path``: ``.npy`` (any case) as NumPy, ``.tsv`` with tabs, else
+    CSV with a header line. The folder must exist (see :func:`_check_out`)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".npy":
-        np.save(out, array)
+        with out.open("wb") as f:  # np.save(path) would append ".npy" to "samples.NPY"
+            np.save(f, array)
         return
     delimiter = "\t" if out.suffix.lower() == ".tsv" else ","
     with out.open("w", newline="") as f:
@@ -311,7 +431,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     bad = np.flatnonzero(~ok)
     if len(bad):
         print(
-            f"{len(bad)} of {len(x)} rows have NaN/Inf values and were scored NaN "
+            f"{len(bad)} of {len(x)} rows have NaN/Inf or empty cells and were scored NaN "
             f"(data rows {_rows_text(bad)}, counted from 1 after any header)",
             file=sys.stderr,
         )
@@ -365,22 +485,22 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="training loss (default: flow-matching for cnf, nll otherwise)",
     )
-    f.add_argument("--val-fraction", type=float, default=0.1, help="share of rows held out")
-    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of rows held out")
+    f.add_argument("--seed", type=_seed, default=0)
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--out", required=True, help="model file to write, e.g. model.pt")
-    f.set_defaults(run=_cmd_fit)
+    f.set_defaults(run=_cmd_fit, inputs=("data",), example="model.pt")
     s = sub.add_parser("sample", help="draw samples from a fitted model")
     s.add_argument("model", help="model file written by 'pyroflows fit'")
     s.add_argument("-n", type=_positive(int), required=True, help="number of samples")
     s.add_argument("--out", required=True, help="output .csv, .tsv or .npy")
-    s.add_argument("--seed", type=int, default=0)
-    s.set_defaults(run=_cmd_sample)
+    s.add_argument("--seed", type=_seed, default=0)
+    s.set_defaults(run=_cmd_sample, inputs=("model",), example="samples.csv")
     c = sub.add_parser("score", help="log-density of every row of a table")
     c.add_argument("model", help="model file written by 'pyroflows fit'")
     c.add_argument("data", help="CSV/TSV/NPY table with the model's columns")
     c.add_argument("--out", required=True, help="output .csv (one log_prob per row) or .npy")
-    c.set_defaults(run=_cmd_score)
+    c.set_defaults(run=_cmd_score, inputs=("model", "data"), example="scores.csv")
     d = sub.add_parser("demo", help="fit flows to two moons and digits; write plots and a table")
     d.add_argument("--out", default="demo-output", help="folder for the plots and results")
     d.add_argument("--quick", action="store_true", help="tiny run (seconds), for tests")
@@ -401,11 +521,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed by argparse
         return int(exc.code or 0)
     try:
+        _check_outputs(args)
         return int(args.run(args))
     except KeyboardInterrupt:
         print("pyroflows: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, TypeError, OSError, FloatingPointError) as exc:
+    except (CLIError, ValueError, TypeError, OSError, FloatingPointError, ImportError) as exc:
         print(f"pyroflows {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -162,7 +163,7 @@ def test_score_reports_rows_with_nan_or_inf(tmp_path, capsys, table):
     out_path = tmp_path / "scores.csv"
     code, out, err = run(capsys, "score", model, bad, "--out", out_path)
     assert code == 0
-    assert "2 of 6 rows have NaN/Inf values and were scored NaN (data rows 2, 5" in err
+    assert "2 of 6 rows have NaN/Inf or empty cells and were scored NaN (data rows 2, 5" in err
     lp, _ = load_table(out_path)
     assert np.isnan(lp[[1, 4], 0]).all() and np.isfinite(lp[[0, 2, 3, 5], 0]).all()
     assert "over 4 rows" in out
@@ -185,7 +186,12 @@ def _write(tmp_path, name, content):
     [
         (None, None, "no such file"),
         ("text.csv", "a,b\n1,2\n3,oops\n", "line 3, column 2 ('b'): 'oops'"),
-        ("nan.csv", "1,2\nnan,2\n3,4\n4,inf\n", "2 row(s) with NaN/Inf (data rows 2, 4"),
+        (
+            "nan.csv",
+            "1,2\nnan,2\n3,4\n4,inf\n",
+            "2 row(s) with NaN/Inf or empty cells (data rows 2, 4",
+        ),
+        ("sep.csv", "a,b\n1,2\n1_000,3\n", "line 3, column 1 ('a'): '1_000'"),
         ("const.csv", "1,2\n1,3\n1,4\n", "column(s) 1 are constant"),
         ("empty.csv", "", "is empty"),
         ("image.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00", "PNG image, not a table"),
@@ -201,8 +207,10 @@ def test_fit_bad_data_gives_a_message_not_a_traceback(tmp_path, capsys, name, co
 
 def test_bad_val_fraction(tmp_path, capsys, table):
     data, _ = table
-    code, _, err = run(capsys, "fit", data, *FAST, "--val-fraction", "1.5", "--out", tmp_path / "m")
-    assert code == 1 and "must leave training and validation rows" in err
+    code, _, err = run(
+        capsys, "fit", data, *FAST, "--val-fraction", "1e-3", "--out", tmp_path / "m"
+    )
+    assert code == 1 and "must leave training and validation rows" in err  # 0.3 rows of 300
 
 
 def test_unknown_flow_name_is_a_usage_error(tmp_path, capsys, table):
@@ -284,3 +292,205 @@ def test_a_cli_model_loaded_in_python_scores_and_samples_raw_rows_like_the_cli(t
         s = flow.sample((3000,)).double().numpy()
     assert np.allclose(s.mean(0), [5e3, -2.0], atol=[4.0, 0.01])
     assert np.allclose(s.std(0), [40.0, 0.05], rtol=0.15)
+
+
+# ---- output paths are checked before any work, and never overwrite an input -------------------
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A table and a model fitted to it (shared by the tests that only read them)."""
+    folder = tmp_path_factory.mktemp("fitted")
+    rng = np.random.default_rng(0)
+    x = np.column_stack([rng.normal(100, 10, 300), rng.normal(-5, 1, 300)])
+    data = folder / "data.csv"
+    data.write_text("height,shift\n" + "\n".join(f"{a:.17g},{b:.17g}" for a, b in x) + "\n")
+    model = folder / "m.pt"
+    assert main(["fit", str(data), *FAST, "--out", str(model)]) == 0
+    return data, model
+
+
+def _argv(command, data, model, out):
+    return {
+        "fit": ["fit", data, *FAST, "--out", out],
+        "sample": ["sample", model, "-n", "5", "--out", out],
+        "score": ["score", model, data, "--out", out],
+    }[command]
+
+
+@pytest.mark.parametrize("link", ["same", "symlink", "hardlink"])
+@pytest.mark.parametrize(
+    ("command", "target"),
+    [("fit", "data"), ("sample", "model"), ("score", "data"), ("score", "model")],
+)
+def test_out_that_is_an_input_is_refused(tmp_path, capsys, fitted, command, target, link):
+    """`fit data.csv --out data.csv` used to replace the table by a model file (exit 0)."""
+    data, model = (tmp_path / p.name for p in fitted)
+    for src, dst in zip(fitted, (data, model), strict=True):
+        dst.write_bytes(src.read_bytes())
+    victim = data if target == "data" else model
+    out = victim
+    if link == "symlink":
+        out = tmp_path / "alias"
+        out.symlink_to(victim)
+    elif link == "hardlink":
+        out = tmp_path / "alias"
+        os.link(victim, out)
+    before = victim.read_bytes()
+    code, _, err = run(capsys, *_argv(command, data, model, out))
+    assert code == 1
+    how = "" if link == "same" else " (through a link)"
+    assert f"--out {out} is the input file {victim}{how}; writing it would destroy" in err
+    assert victim.read_bytes() == before
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make any training or model loading fail loudly: a refused --out must come first."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr(pf, "fit", boom)
+    monkeypatch.setattr(pf, "load", boom)
+
+
+@pytest.mark.parametrize("command", ["fit", "sample", "score"])
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("", "--out is empty; give the file to write, e.g. --out "),
+        ("{tmp}", "--out {tmp} is a folder; give a file to write in it, e.g. --out {tmp}/"),
+        ("{tmp}/", "--out {tmp}/ is a folder; give a file to write in it"),
+        ("{tmp}/new/sub/o.csv", "folder {tmp}/new/sub does not exist; create it first (mkdir -p"),
+        ("{data}/o.csv", "--out {data}/o.csv: {data} is a file, not a folder"),
+    ],
+)
+def test_bad_out_is_refused_before_any_work(
+    tmp_path, capsys, fitted, no_work, command, out, message
+):
+    """A bad --out used to fail with a traceback after the whole fit; the model was lost."""
+    data, model = fitted
+    fill = {"tmp": tmp_path, "data": data}
+    code, _, err = run(capsys, *_argv(command, data, model, out.format(**fill)))
+    assert code == 1 and err.startswith(f"pyroflows {command}: error: ")
+    assert message.format(**fill) in err
+    assert list(tmp_path.iterdir()) == []  # no folder created silently
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes anywhere")
+def test_out_in_a_read_only_folder_is_refused_before_fitting(tmp_path, capsys, fitted, no_work):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code, _, err = run(capsys, *_argv("fit", fitted[0], None, locked / "m.pt"))
+    finally:
+        locked.chmod(0o700)
+    assert code == 1 and "no permission to write there" in err
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("{data}", "--out {data} is a file; give a folder"), ("{tmp}/a/b", "mkdir -p {tmp}/a")],
+)
+def test_demo_out_is_checked_first(tmp_path, capsys, fitted, monkeypatch, out, message):
+    import pyroflows.demo
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the demo started before --out was checked")
+
+    monkeypatch.setattr(pyroflows.demo, "run_demo", boom)
+    fill = {"tmp": tmp_path, "data": fitted[0]}
+    code, _, err = run(capsys, "demo", "--out", out.format(**fill), "--quick")
+    assert code == 1 and message.format(**fill) in err and not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("suffix", [".NPY", ".Npy"])
+def test_npy_output_in_any_case_is_written_where_asked(tmp_path, capsys, fitted, suffix):
+    """`--out samples.NPY` used to write samples.NPY.npy."""
+    data, model = fitted
+    samples, scores = tmp_path / f"samples{suffix}", tmp_path / f"scores{suffix}"
+    assert run(capsys, "sample", model, "-n", "4", "--out", samples)[0] == 0
+    assert run(capsys, "score", model, data, "--out", scores)[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([samples.name, scores.name])
+    with samples.open("rb") as f:
+        assert np.load(f).shape == (4, 2)
+    with scores.open("rb") as f:
+        assert np.load(f).shape == (300, 1)
+
+
+# ---- missing values and number options ---------------------------------------------------------
+
+
+def test_empty_cells_are_missing_values(tmp_path, capsys, fitted):
+    """pandas writes NaN as an empty cell: fit reports those rows, score scores them NaN."""
+    pd = pytest.importorskip("pandas")  # arviz brings it
+    frame = pd.DataFrame({"height": [100.0, None, 95.0, 110.0], "shift": [-5.0, -4.0, None, -6.0]})
+    table = tmp_path / "holes.csv"
+    frame.to_csv(table, index=False)
+    assert ",-4.0" in table.read_text()  # the missing height is an empty cell
+    code, _, err = run(capsys, "fit", table, *FAST, "--out", tmp_path / "m.pt")
+    assert code == 1
+    assert "holes.csv has 2 row(s) with NaN/Inf or empty cells (data rows 2, 3, counted" in err
+    out = tmp_path / "scores.csv"
+    code, stdout, err = run(capsys, "score", fitted[1], table, "--out", out)
+    assert code == 0 and "over 2 rows" in stdout
+    assert "2 of 4 rows have NaN/Inf or empty cells and were scored NaN (data rows 2, 3" in err
+    lp, _ = load_table(out)
+    assert np.isnan(lp[[1, 2], 0]).all() and np.isfinite(lp[[0, 3], 0]).all()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--val-fraction", "nan"], "--val-fraction: expected the share of rows to hold out"),
+        (["--val-fraction", "inf"], "a number from 0 (none) up to but not including 1"),
+        (["--val-fraction", "-0.1"], "e.g. 0.1; got '-0.1'"),
+        (["--val-fraction", "1"], "e.g. 0.1; got '1'"),
+        (["--val-fraction", "1.5"], "e.g. 0.1; got '1.5'"),
+        (["--lr", "inf"], "--lr: expected a positive finite number; got 'inf'"),
+        (["--lr", "nan"], "--lr: expected a positive finite number; got 'nan'"),
+        (["--lr=-1e-3"], "--lr: expected a positive finite number; got '-1e-3'"),
+        (["--seed", "-1"], "--seed: expected a whole number from 0 to 4294967295; got '-1'"),
+        (["--seed", str(2**32)], f"got '{2**32}'"),
+        (["--steps", "2.5"], "--steps: expected a positive int; got '2.5'"),
+    ],
+)
+def test_number_options_refuse_non_finite_and_out_of_range(
+    tmp_path, capsys, fitted, no_work, argv, message
+):
+    code, _, err = run(capsys, "fit", fitted[0], *FAST, *argv, "--out", tmp_path / "m.pt")
+    assert code == 2 and message in err
+
+
+def test_sample_seed_out_of_range(tmp_path, capsys, fitted, no_work):
+    code, _, err = run(capsys, "sample", fitted[1], "-n", "3", "--seed", "-2", "--out", "s.csv")
+    assert code == 2 and "--seed: expected a whole number from 0 to 4294967295" in err
+
+
+# ---- --flow choices come from the presets' registry ---------------------------------------------
+
+
+def test_flow_choices_come_from_the_registry(monkeypatch):
+    from pyroflows.cli import FLOW_CHOICES, _vector_presets
+
+    names = {"maf", "iaf", "realnvp", "nice", "glow", "planar", "cnf"}
+    assert names <= set(FLOW_CHOICES)
+
+    class Toy(pf.MAF):  # a new vector preset of pyroflows appears without an edit
+        pass
+
+    class Picture(pf.Flow):  # an image-only preset does not
+        def __init__(self, input_shape, hidden_dims=None):
+            super().__init__([], event_shape=input_shape)
+
+    class Outside(pf.MAF):  # nor does a user's subclass
+        pass
+
+    Toy.__module__ = Picture.__module__ = "pyroflows.flows"
+    monkeypatch.setitem(pf.FLOWS, "Toy", Toy)
+    monkeypatch.setitem(pf.FLOWS, "Picture", Picture)
+    monkeypatch.setitem(pf.FLOWS, "Outside", Outside)
+    assert set(_vector_presets()) == names | {"toy"}
+    assert _vector_presets()["toy"] == "Toy"

@@ -72,14 +72,36 @@ def test_header_without_rows(tmp_path):
 
 
 def test_non_numeric_cells_are_located(tmp_path):
-    rows = ["a,b", "1,2", "3,oops", "4,5", ",6"] + [f"x{i},1" for i in range(6)]
+    rows = ["a,b", "1,2", "3,oops", "4,5", "1_000,6"] + [f"x{i},1" for i in range(6)]
     with pytest.raises(ValueError) as info:
         load_table(write(tmp_path, "bad.csv", "\n".join(rows) + "\n"))
     msg = str(info.value)
     assert "8 non-numeric cells" in msg
     assert "line 3, column 2 ('b'): 'oops'" in msg
-    assert "line 5, column 1 ('a'): ''" in msg
-    assert "(and 3 more)" in msg and "write a missing value as nan" in msg
+    assert "line 5, column 1 ('a'): '1_000'" in msg
+    assert "(and 3 more)" in msg and "leave a missing value empty or write nan" in msg
+
+
+def test_empty_cells_are_missing_values(tmp_path):
+    """pandas writes a missing value as an empty cell: it reads as NaN, for the caller to report."""
+    pd = pytest.importorskip("pandas")  # arviz brings it
+    frame = pd.DataFrame({"a": [1.0, None, 3.0, 4.0], "b": [5.0, 6.0, None, 8.0]})
+    path = tmp_path / "pandas.csv"
+    frame.to_csv(path, index=False)
+    assert path.read_text().splitlines()[2:4] == [",6.0", "3.0,"]
+    x, cols = load_table(path)
+    assert cols == ["a", "b"] and x.shape == (4, 2)
+    assert np.isnan(x[1, 0]) and np.isnan(x[2, 1])
+    assert check_rows(x).tolist() == [True, False, False, True]
+    x, cols = load_table(write(tmp_path, "spaces.tsv", "1\t \t3\n4\t5\t\n"))
+    assert cols == ["x0", "x1", "x2"] and np.isnan(x[[0, 1], [1, 2]]).all()
+
+
+@pytest.mark.parametrize("cell", ["1_000", "1_0.5", "\u0661\u0662", "\uff11\uff12", "0x10"])
+def test_only_plain_ascii_numbers_are_numbers(tmp_path, cell):
+    """Python's float() reads 1_000 as 1000 and Arabic-Indic or full-width digits as numbers."""
+    with pytest.raises(ValueError, match=rf"line 2, column 2 \('x1'\): '{cell}'"):
+        load_table(write(tmp_path, "u.csv", f"1,2\n3,{cell}\n"))
 
 
 def test_ragged_rows(tmp_path):

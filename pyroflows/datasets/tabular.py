@@ -66,6 +66,13 @@ def _load_npy(path: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def _as_float(cell: str) -> float | None:
+    """The number a stripped cell holds; NaN for an empty cell (a missing value, as pandas writes
+    it); None if it is not a plain ASCII decimal number (``1_000`` and non-ASCII digits, which
+    Python's ``float`` accepts but other tools read differently, are not numbers here)."""
+    if not cell:
+        return math.nan
+    if "_" in cell or not cell.isascii():
+        return None
     try:
         return float(cell)
     except ValueError:
@@ -118,7 +125,7 @@ def _load_text(path: Path) -> tuple[np.ndarray, list[str]]:
     if not rows:
         raise ValueError(f"{path} is empty; it needs at least one row of numbers")
     first = rows[0][1]
-    header = all(_as_float(c) is None for c in first if c) and any(first)
+    header = all(_as_float(c) is None for c in first if c) and any(first)  # empty cells: no say
     if header:
         columns = [c or f"x{j}" for j, c in enumerate(first)]
         rows = rows[1:]
@@ -151,7 +158,8 @@ def _load_text(path: Path) -> tuple[np.ndarray, list[str]]:
         more = f" (and {n_bad - len(bad)} more)" if n_bad > len(bad) else ""
         raise ValueError(
             f"{path} has {n_bad} non-numeric cell{'s' if n_bad > 1 else ''}: {'; '.join(bad)}{more}"
-            ". Every cell must be a number; write a missing value as nan"
+            ". Every cell must be a plain number (no digit separators: 1000, not 1_000); leave "
+            "a missing value empty or write nan"
         )
     return out, columns
 
@@ -162,7 +170,10 @@ def load_table(path: str | Path) -> tuple[np.ndarray, list[str]]:
     Text files may have a header line (detected: a first line none of whose cells is a number);
     the delimiter is a tab for ``.tsv``, else the first of tab, comma, semicolon found on the
     first line (whitespace if none). Blank lines and lines starting with ``#`` are skipped.
-    Without a header the columns are named ``x0, x1, ...``.
+    Without a header the columns are named ``x0, x1, ...``. A cell is a plain decimal number
+    (``1.5``, ``-4e1``, ``nan``, ``inf``); an empty cell is a missing value and reads as NaN
+    (pandas' ``to_csv`` writes missing values so), so a caller can report such rows with
+    :func:`check_rows`. Digit separators (``1_000``) are refused, not read as 1000.
 
     Args:
         path: the file.
@@ -173,15 +184,16 @@ def load_table(path: str | Path) -> tuple[np.ndarray, list[str]]:
     Raises:
         FileNotFoundError: no such file.
         ValueError: the file is empty, not a table (an image, a binary file), has ragged rows or
-            non-numeric cells (the first few are listed by line and column), or is a 1-D ``.npy``.
+            non-numeric cells such as ``oops`` or ``1_000`` (the first few are listed by line and
+            column), or is a 1-D ``.npy``.
 
     Example:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
-        >>> _ = open(path, "w").write("height,weight\\n1.5,60\\n1.8,nan\\n")
+        >>> _ = open(path, "w").write("height,weight\\n1.5,60\\n1.8,nan\\n,70\\n")
         >>> x, columns = load_table(path)
         >>> x.tolist(), columns
-        ([[1.5, 60.0], [1.8, nan]], ['height', 'weight'])
+        ([[1.5, 60.0], [1.8, nan], [nan, 70.0]], ['height', 'weight'])
     """
     path = Path(path)
     if not path.exists():
