@@ -11,7 +11,7 @@ import torch
 from test_fit import all_finite, gaussian, linear_flow, same_state, state
 
 import pyroflows as pf
-from pyroflows.transforms import NonFiniteError
+from pyroflows.transforms import ElementwiseAffine, NonFiniteError
 
 # ---- rollback and divergence ----------------------------------------------------------------------
 
@@ -31,6 +31,8 @@ def failing(bad_calls, kind="nan"):
             if kind == "grad":  # finite value, NaN gradient (the classic where-sqrt trap)
                 p = flow.transforms[1].log_scale
                 return loss + torch.where(p > -1e9, 0.0, torch.sqrt(-p - 1e9)).sum()
+            if kind == "overflow":  # finite gradients (1e30) whose squared norm overflows
+                return loss + (flow.transforms[1].log_scale * 1e30).sum()
             raise NonFiniteError("LULinear (inverse): produced NaN or Inf from a finite input.")
         return loss
 
@@ -52,11 +54,70 @@ def test_a_failed_step_is_rolled_back_and_training_continues(kind):
         assert any("transforms.1.log_scale" in str(w.message) for w in rec)
 
 
+def test_an_overflowing_gradient_norm_is_named_not_an_empty_list():
+    with pytest.warns(RuntimeWarning, match="rolled back") as rec:
+        h = pf.fit(linear_flow(), gaussian(500, 0), steps=30, lr=0.05,
+                   objective=failing({10}, "overflow"), progress=False)  # fmt: skip
+    assert h.rollbacks == 1 and not h.diverged
+    text = " ".join(str(w.message) for w in rec)
+    assert "the gradient norm overflowed (inf) though every gradient is finite" in text
+    assert "transforms.1.log_scale (max |grad| 1e+30)" in text
+    assert "the gradients of  are" not in text
+
+
+def test_rollbacks_that_do_not_recover_are_reported_as_divergence():
+    # sgd at lr=10 on two moons: every other step fails and the steps in between blow the
+    # weights up to finite but huge values; five rollbacks in a row never happen
+    x = pf.datasets.two_moons(300, seed=0)
+    torch.manual_seed(0)
+    flow = pf.MAF(2, num_layers=2, hidden_dims=(16,))
+    with pytest.warns(RuntimeWarning) as rec:
+        h = pf.fit(flow, x, steps=60, lr=10.0, optimizer="sgd", seed=0, progress=False)
+    assert h.diverged and h.steps < 60 and h.rollbacks == 5
+    assert h.message.startswith("training diverged: 5 steps failed without 10 good steps")
+    assert "Returned the best-validation weights" in h.message
+    assert str(rec[-1].message) == h.message
+    with torch.no_grad():
+        assert torch.isfinite(flow.log_prob(x)).all()
+
+
+def test_sporadic_failures_that_recover_do_not_stop_the_run():
+    with pytest.warns(RuntimeWarning, match="rolled back"):
+        h = pf.fit(linear_flow(), gaussian(500, 0), steps=80, lr=0.05, val_fraction=0.0,
+                   objective=failing({5, 17, 29, 41, 53, 65}), progress=False)  # fmt: skip
+    assert h.rollbacks == 6 and not h.diverged and h.steps == 80 and h.message == ""
+
+
+def test_final_weights_that_fail_on_training_data_are_replaced_and_reported():
+    # the last step's learning rate is 1e12 times larger: its loss and gradients were fine,
+    # but the update leaves finite weights whose NLL overflows
+    steps = 20
+    explode = lambda opt: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        opt, lambda k: 1e12 if k == steps - 1 else 1.0
+    )
+    snaps = {}
+    flow, x = linear_flow(), gaussian(300, 0)
+    with pytest.warns(RuntimeWarning, match="were unusable") as rec:
+        h = pf.fit(flow, x, steps=steps, lr=0.05, lr_schedule=explode, val_fraction=0.0,
+                   callbacks=lambda k, hist, f: snaps.__setitem__(k, state(f)),
+                   progress=False)  # fmt: skip
+    assert h.diverged and h.rollbacks == 0
+    assert h.message.startswith("At the end the final weights were unusable (the loss on a")
+    assert h.message.endswith("returned the last good weights (those of the last step that "
+                              "passed its checks).")  # fmt: skip
+    # the bad weights were finite: only the final check saw that they were unusable
+    assert all(v.isfinite().all() for v in snaps[steps - 1].values())
+    assert same_state(state(flow), snaps[steps - 2])  # the weights the last step started from
+    with torch.no_grad():
+        assert torch.isfinite(flow.log_prob(x)).all()
+    assert str(rec[-1].message) == h.message
+
+
 def test_rollback_restores_weights_and_optimiser_state_exactly():
-    from pyroflows.infer.state import _Snapshot
+    from pyroflows.infer.state import Snapshot
 
     w = torch.nn.Parameter(torch.randn(3))
-    opt, snap = torch.optim.Adam([w], lr=0.1), _Snapshot()
+    opt, snap = torch.optim.Adam([w], lr=0.1), Snapshot()
     for _ in range(4):  # the first saves allocate; later ones reuse the buffers
         (w**2).sum().backward()
         snap.save({"w": w}, opt)
@@ -86,7 +147,7 @@ def test_repeated_failures_stop_with_the_last_good_weights():
         )
     assert h.diverged and h.rollbacks == 5 and h.steps == 25
     assert "diverged" in str(rec[-1].message)
-    assert "the loss is nan" in h.message
+    assert "the loss is nan" in h.message and "Returned the last good weights" in h.message
     assert all_finite(flow)
     # step 19 was the last good update; its starting point (the state after step 18) was the
     # last state whose loss and gradients were checked, so that is where the weights are now
@@ -204,11 +265,93 @@ def test_seeded_runs_repeat_and_resume_checks_its_settings(tmp_path):
     pf.fit(glow(0), x, checkpoint=tmp_path / "c.pt", **OPTS)
     with pytest.raises(ValueError, match="batch_size"):
         pf.fit(glow(0), x, checkpoint=tmp_path / "c.pt", resume=True, **{**OPTS, "batch_size": 32})
-    with pytest.raises(ValueError, match="data_checksum"):
+    with pytest.raises(ValueError, match="data: checkpoint sha256:"):
         pf.fit(glow(0), x + 1, checkpoint=tmp_path / "c.pt", resume=True, **OPTS)
     with pytest.raises(ValueError, match="not a pyroflows checkpoint"):
         (tmp_path / "junk.pt").write_text("junk")
         pf.fit(glow(0), x, checkpoint=tmp_path / "junk.pt", resume=True, **OPTS)
+    torch.save({"format": "pyroflows-checkpoint-1"}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match=r"written by an older pyroflows .* resume=False"):
+        pf.fit(glow(0), x, checkpoint=tmp_path / "old.pt", resume=True, **OPTS)
+
+
+RESUME = dict(steps=20, lr=1e-2, batch_size=50, seed=5, checkpoint_every=10, progress=False)
+
+
+def maf(hidden: int = 16, cls=pf.MAF) -> pf.Flow:
+    torch.manual_seed(1)
+    return cls(2, num_layers=2, hidden_dims=(hidden,))
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"flow": lambda: maf(cls=pf.IAF)}, r"\(flow class: checkpoint MAF, now IAF\)"),
+        ({"flow": lambda: maf(32)}, r"\(flow hidden_dims: checkpoint \[16\], now \[32\]\)"),
+        ({"flow": lambda: pf.Flow([ElementwiseAffine(2)], event_shape=(2,))}, "flow class"),
+        ({"data": lambda x: x.flip(0)}, r"\(data: checkpoint sha256:\w+\.\.\., now sha256:"),
+        ({"data": lambda x: x[torch.randperm(len(x))]}, "the same rows in the same order"),
+        ({"optimizer": "sgd"}, r"\(optimizer: checkpoint Adam, now SGD\)"),
+        ({"lr": 0.1}, r"\(lr: checkpoint 0.01, now 0.1\); a resumed run continues"),
+        ({"lr_schedule": "cosine"}, r"\(lr_schedule: checkpoint None, now cosine\)"),
+        ({"warmup": 5}, r"\(warmup: checkpoint 0, now 5\)"),
+        ({"seed": 6}, r"its run used seed=5, this one seed=6"),
+    ],
+)
+def test_resume_refuses_another_model_data_or_optimiser_before_touching_weights(
+    tmp_path, change, match
+):
+    x, path = pf.datasets.two_moons(400, seed=0), tmp_path / "run.ckpt"
+    pf.fit(maf(), x, checkpoint=path, **RESUME)
+    saved = path.read_bytes()
+    change = dict(change)
+    flow = change.pop("flow", maf)()
+    data = change.pop("data", lambda v: v)(x)
+    before = state(flow)
+    with pytest.raises(ValueError, match=match) as err:
+        pf.fit(flow, data, checkpoint=path, resume=True, **{**RESUME, "steps": 40, **change})
+    assert str(err.value).startswith("cannot resume from")
+    assert same_state(state(flow), before)  # refused before any weight was overwritten
+    assert path.read_bytes() == saved
+
+
+def test_resume_refuses_tensors_that_do_not_fit(tmp_path):
+    path = tmp_path / "run.ckpt"
+    pf.fit(pf.Flow([ElementwiseAffine(2)], event_shape=(2,)), gaussian(200, 0), checkpoint=path,
+           **RESUME)  # fmt: skip
+    other = linear_flow()  # also built from a list of transforms (no configuration to compare)
+    before = state(other)
+    with pytest.raises(ValueError, match=r"its tensors do not fit this model \(transforms\.0\."):
+        pf.fit(other, gaussian(200, 0), checkpoint=path, resume=True, **RESUME)
+    assert same_state(state(other), before)
+
+
+def test_resume_with_the_same_settings_and_more_steps_continues(tmp_path):
+    x, path = pf.datasets.two_moons(400, seed=0), tmp_path / "run.ckpt"
+    ref = maf()
+    h_ref = pf.fit(ref, x, **{**RESUME, "steps": 30, "eval_every": 5})
+    pf.fit(maf(), x, checkpoint=path, eval_every=5, **RESUME)
+    resumed = maf()  # float64 numpy rows equal to the float32 ones, and seed=None: accepted
+    h = pf.fit(resumed, x.numpy().astype("float64"), checkpoint=path, resume=True,
+               **{**RESUME, "steps": 30, "seed": None, "eval_every": 5})  # fmt: skip
+    assert h.train_loss == h_ref.train_loss and same_state(state(resumed), state(ref))
+
+
+def test_a_failed_checkpoint_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path, x = tmp_path / "run.ckpt", gaussian(200, 0)
+    pf.fit(linear_flow(), x, checkpoint=path, **RESUME)
+    saved = path.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        pf.fit(linear_flow(), x, checkpoint=path, **RESUME)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]
+    assert path.read_bytes() == saved
 
 
 @pytest.mark.parametrize(
@@ -233,11 +376,14 @@ def test_a_corrupted_parameter_is_rolled_back_even_at_the_last_step():
             with torch.no_grad():
                 f.transforms[1].log_scale.fill_(float("nan"))
 
-    with pytest.warns(RuntimeWarning, match="rolled back"):
+    with pytest.warns(RuntimeWarning) as rec:
         h = pf.fit(flow, gaussian(300, 0), steps=30, val_fraction=0.0, callbacks=corrupt,
                    progress=False)  # fmt: skip
+    assert "rolled back" in str(rec[0].message) and str(rec[-1].message) == h.message
     assert h.rollbacks == 1 and h.rollback_steps == [11] and all_finite(flow)
-    assert h.diverged and "not finite" in h.message  # the end state was repaired
+    assert h.diverged  # the end state was repaired, and the message says so
+    assert h.message.startswith("At the end the final weights were unusable (some weights are")
+    assert "returned the last good weights" in h.message
 
 
 def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):

@@ -125,8 +125,13 @@ def test_wrong_shapes_and_contexts_are_reported():
     cond = pf.MAF(2, num_layers=1, hidden_dims=(8,), context_dim=3)
     with pytest.raises(ValueError, match=r"context_dim=3\); pass context"):
         pf.fit(cond, torch.randn(50, 2), steps=1, progress=False)
-    with pytest.raises(ValueError, match="context has 40 rows but the data has 50"):
+    with pytest.raises(ValueError, match="context has 40 rows but data has 50"):
         pf.fit(cond, torch.randn(50, 2), context=torch.randn(40, 3), steps=1, progress=False)
+    with pytest.raises(ValueError, match="context has 60 rows but data has 50"):
+        pf.fit(cond, torch.randn(50, 2), context=torch.randn(60, 3), steps=1, progress=False)
+    with pytest.raises(ValueError, match="val_context has 10 rows but val_data has 20; they must"):
+        pf.fit(cond, torch.randn(50, 2), context=torch.randn(50, 3), val_data=torch.randn(20, 2),
+               val_context=torch.randn(10, 3), steps=1, progress=False)  # fmt: skip
     with pytest.raises(ValueError, match=r"Expected context shape \(N, 3\); got \(50, 2\)"):
         pf.fit(cond, torch.randn(50, 2), context=torch.randn(50, 2), steps=1, progress=False)
     bad = torch.randn(50, 3)
@@ -159,11 +164,67 @@ def test_wrong_shapes_and_contexts_are_reported():
         ({"warmup": -1}, "warmup must be a whole number >= 0"),
         ({"warmup": 2.5}, "warmup must be a whole number >= 0"),
         ({"warmup": 3, "lr_schedule": lambda opt: StepLR(opt, 10)}, "brings its own warm-up"),
+        # a float where a whole number is meant is refused, never truncated or passed on
+        ({"batch_size": 1.5}, r"batch_size must be a whole number >= 1; got 1.5"),
+        ({"steps": 2.5}, r"steps must be a whole number >= 1; got 2.5"),
+        ({"steps": None, "epochs": 1.5}, r"epochs must be a whole number >= 1; got 1.5"),
+        ({"seed": 1.5}, r"seed must be a whole number >= 0; got 1.5"),
+        ({"seed": -1}, r"seed must be a whole number >= 0; got -1"),
+        ({"eval_every": 1.5}, r"eval_every must be a whole number >= 1; got 1.5"),
+        ({"checkpoint_every": 2.5}, r"checkpoint_every must be a whole number >= 1; got 2.5"),
+        ({"val_fraction": float("nan")}, r"val_fraction must be a finite number >= 0; got nan"),
     ],
 )
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         pf.fit(linear_flow(), gaussian(50, 0), **{"steps": 2, "progress": False, **kwargs})
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"batch_size": "8"}, r"batch_size must be a whole number >= 1; got '8'"),
+        ({"batch_size": True}, r"batch_size must be a whole number >= 1; got True"),
+        ({"steps": True}, r"steps must be a whole number >= 1; got True"),
+        ({"steps": None, "epochs": True}, r"epochs must be a whole number >= 1; got True"),
+        ({"lr": "0.1"}, r"lr must be a finite number >= 0; got '0.1'"),
+        ({"val_fraction": None}, r"val_fraction must be a finite number >= 0; got None"),
+    ],
+)
+def test_options_of_the_wrong_type_raise_type_errors(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        pf.fit(linear_flow(), gaussian(50, 0), **{"steps": 2, "progress": False, **kwargs})
+
+
+def test_whole_floats_and_numpy_integers_are_accepted():
+    h = pf.fit(linear_flow(), gaussian(100, 0), steps=1e1, batch_size=np.int64(20), seed=3.0,
+               progress=False)  # fmt: skip
+    assert h.steps == 10
+
+
+# ---- validation cadence ---------------------------------------------------------------------------
+
+
+def test_a_small_table_is_not_validated_at_every_step():
+    # 119 rows: 12 held out, 107 in one batch, so an epoch is a single step; the default
+    # cadence checks every steps/100 steps (100 checks), not at every step (1000 checks)
+    x = gaussian(119, 0)
+    h = pf.fit(linear_flow(), x, steps=200, seed=0, progress=False)
+    assert h.val_steps == list(range(1, 200, 2))  # every 2 steps: 100 checks
+    assert h.best_step in h.val_steps
+
+
+def test_the_default_cadence_is_once_per_epoch_within_10_to_100_checks():
+    from pyroflows.infer.fit import default_eval_every
+
+    # 2000 rows: 1800 train in batches of 256, 7 steps per epoch
+    h = pf.fit(linear_flow(), gaussian(2000, 0), steps=100, seed=0, progress=False)
+    assert h.val_steps == [*range(6, 100, 7), 99]
+    assert default_eval_every(1000, 1) == 10  # at most 100 checks
+    assert default_eval_every(1000, 7) == 10
+    assert default_eval_every(1000, 40) == 40  # once per epoch
+    assert default_eval_every(1000, 5000) == 100  # at least 10 checks
+    assert default_eval_every(5, 1) == 1
 
 
 @pytest.mark.parametrize("schedule", [None, "cosine"])

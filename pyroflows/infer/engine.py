@@ -10,13 +10,25 @@ Rollback. Before every optimiser step whose loss and gradients are finite, the s
 buffers) and the optimiser state are copied into preallocated buffers (one ``_foreach_copy_``).
 A step whose loss or gradient norm is NaN/Inf, or that raises
 :class:`~pyroflows.NonFiniteError` (or a distribution's "invalid values" error), restores that
-copy, halves the learning rate (the scheduler's base rates too) and warns; after
-``MAX_FAILURES`` failures in a row training stops with ``History.diverged = True``. Weights are
-never left non-finite.
+copy, halves the learning rate (the scheduler's base rates too) and warns naming the cause (the
+loss, the parameters whose gradients are NaN/Inf, or an overflowing norm of finite gradients).
+A rollback has *recovered* once ``RECOVERY_STEPS`` steps in a row succeed after it; after
+``MAX_FAILURES`` failures without a recovery in between (e.g. every other step failing while
+the weights drift to huge values) training stops with ``History.diverged = True``.
+
+The returned weights. At the end the best-validation state is restored (when there was
+validation); weights that are not finite, or that fail the task's ``check`` (``fit``: the
+objective on a training batch), are replaced by the last good copy, and ``History.diverged``
+and ``History.message`` say so. Weights are never left non-finite, and never unusable without
+a message.
 
 Exact resume. Batch order is a pure function of ``(seed, epoch)``; a checkpoint holds the state,
 the optimiser and scheduler, the RNG states of torch (and CUDA), numpy and Python, the history,
 the rollback copy and the best state, so a resumed run replays the remaining steps bit for bit.
+It also records what the run must share with a resumed one (the task's ``meta``: for ``fit`` the
+flow's class and configuration and a SHA-256 of the data; the optimiser's class and options,
+``lr`` included, the schedule and warm-up); a resume that differs, or whose tensors do not fit,
+is refused with a ``ValueError`` before any weight is overwritten.
 """
 
 from __future__ import annotations
@@ -36,23 +48,37 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..transforms.base import NonFiniteError
-from .history import _NAN, History
+from .history import NAN, History
 from .optim import make_optimizer, make_scheduler
 from .state import (
-    _FORMAT,
-    _copy_into,
-    _finite,
-    _rng_state,
-    _set_rng_state,
-    _Snapshot,
-    _write_atomically,
+    CHECKPOINT_FORMAT,
+    Snapshot,
+    all_finite,
+    check_resumable,
+    copy_into,
     load_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_atomically,
 )
 
-__all__ = ["MAX_FAILURES", "History", "LoopConfig", "Task", "load_checkpoint", "train"]
+__all__ = [
+    "MAX_FAILURES",
+    "RECOVERY_STEPS",
+    "History",
+    "LoopConfig",
+    "Task",
+    "load_checkpoint",
+    "real_number",
+    "train",
+    "whole_number",
+]
 
-#: Failed (rolled-back) steps in a row after which training stops as diverged.
+#: Failed (rolled-back) steps, without a recovery in between, after which training stops as
+#: diverged.
 MAX_FAILURES = 5
+#: Successful steps in a row after a rollback that count as a recovery from it.
+RECOVERY_STEPS = 10
 
 
 class Task(Protocol):
@@ -78,6 +104,60 @@ class Task(Protocol):
         """Facts a resumed run must share with the checkpoint (data sizes, batch size...)."""
 
     def set_training(self, mode: bool) -> None: ...
+
+    # Optional: ``check() -> float``, a loss of the current weights on training data, run on the
+    # weights about to be returned; a NaN/Inf value or a NonFiniteError means they are unusable.
+
+
+def whole_number(name: str, value: Any, low: int) -> int:
+    """``value`` as an ``int`` if it is a whole number >= ``low`` (an int, a numpy integer or a
+    float such as ``1e4``; not a bool), else a ``TypeError``/``ValueError`` naming ``name``.
+
+    Example:
+        >>> whole_number("steps", 1e4, 1)
+        10000
+        >>> whole_number("steps", 2.5, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: steps must be a whole number >= 1; got 2.5
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer)):
+        raise TypeError(f"{name} must be a whole number >= {low}; got {value!r}")
+    if not (math.isfinite(value) and int(value) == value and value >= low):
+        raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
+    return int(value)
+
+
+def real_number(name: str, value: Any, low: float) -> float:
+    """``value`` as a ``float`` if it is a finite real number >= ``low`` (not a bool), else a
+    ``TypeError``/``ValueError`` naming ``name``.
+
+    Example:
+        >>> real_number("lr", 1e-3, 0.0)
+        0.001
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a finite number >= {low:g}; got {value!r}")
+    if not (math.isfinite(value) and value >= low):
+        raise ValueError(f"{name} must be a finite number >= {low:g}; got {value!r}")
+    return float(value)
+
+
+def _plain_option(value: Any) -> Any:
+    """An optimiser option as data a ``weights_only`` checkpoint can hold."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return tuple(_plain_option(v) for v in value)
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.item()
+    return type(value).__qualname__
+
+
+def _describe_schedule(spec: Any) -> str | None:
+    if spec is None or isinstance(spec, str):
+        return spec
+    return f"factory {getattr(spec, '__qualname__', type(spec).__qualname__)}"
 
 
 @dataclass
@@ -111,25 +191,19 @@ class LoopConfig:
     desc: str = "fit"
 
     def __post_init__(self) -> None:
-        for name, value, low in (
-            ("steps", self.steps, 1),
-            ("eval_every", self.eval_every, 1),
-            ("checkpoint_every", self.checkpoint_every, 1),
-            ("patience", self.patience, 1),
-            ("warmup", self.warmup, 0),
-        ):
-            if value is None and name == "patience":
-                continue
-            number = isinstance(value, (int, float, np.integer)) and not isinstance(value, bool)
-            if not (number and value >= low and int(value) == value):
-                raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
-        for name, value, low in (("lr", self.lr, 0.0), ("weight_decay", self.weight_decay, 0.0)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= low):
-                raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
+        self.steps = whole_number("steps", self.steps, 1)
+        self.eval_every = whole_number("eval_every", self.eval_every, 1)
+        self.checkpoint_every = whole_number("checkpoint_every", self.checkpoint_every, 1)
+        self.warmup = whole_number("warmup", self.warmup, 0)
+        if self.patience is not None:
+            self.patience = whole_number("patience", self.patience, 1)
+        self.seed = whole_number("seed", self.seed, 0)
+        self.lr = real_number("lr", self.lr, 0.0)
+        self.weight_decay = real_number("weight_decay", self.weight_decay, 0.0)
         clip = self.clip_grad
-        if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        ok = isinstance(clip, (int, float, np.number)) and not isinstance(clip, (bool, np.bool_))
+        if clip is not None and not (ok and math.isfinite(clip) and clip > 0):
             raise ValueError(f"clip_grad must be None or a positive number; got {clip!r}")
-        self.steps, self.warmup = int(self.steps), int(self.warmup)
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -167,54 +241,71 @@ class _Loop:
         self.sched = make_scheduler(cfg.lr_schedule, self.opt, cfg.steps, cfg.warmup)
         self.plateau = isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
         self.history = History()
-        self.last_good, self.best = _Snapshot(), _Snapshot()
-        self.fails, self.start = 0, 0
+        self.last_good, self.best = Snapshot(), Snapshot()
+        # failures since the last recovery, and successful steps since the last failure
+        self.fails, self.streak, self.start = 0, 0, 0
         if ckpt is not None:
             self._resume(ckpt)
 
+    def _settings(self) -> dict[str, Any]:
+        """The optimiser and schedule a resumed run must share with its checkpoint: the
+        optimiser's class and constructor options (``opt.defaults``, with ``lr``), the
+        schedule and the warm-up."""
+        options = {k: _plain_option(v) for k, v in self.opt.defaults.items()}
+        return {
+            "optimizer": type(self.opt).__name__,
+            **options,
+            "lr_schedule": _describe_schedule(self.cfg.lr_schedule),
+            "warmup": self.cfg.warmup,
+        }
+
     # -- checkpoints
     def _resume(self, ckpt: dict[str, Any]) -> None:
-        if ckpt.get("kind") != self.task.kind:
-            raise ValueError(f"the checkpoint was written by a {ckpt.get('kind')} run")
-        meta = self.task.meta()
-        diff = {k: (ckpt["meta"].get(k), v) for k, v in meta.items() if ckpt["meta"].get(k) != v}
-        if diff:
-            detail = "; ".join(f"{k}: checkpoint {a}, now {b}" for k, (a, b) in diff.items())
-            raise ValueError(
-                f"cannot resume: this run differs from the checkpoint ({detail}); pass the same "
-                "data and settings, or resume=False to start over"
-            )
+        """Check everything first, then load: a refused resume leaves the weights untouched."""
         state = self.task.state()
-        missing = set(state) ^ set(ckpt["state"])
-        if missing:
-            raise ValueError(f"cannot resume: the checkpoint's tensors differ ({sorted(missing)})")
-        _copy_into([state[k] for k in state], [ckpt["state"][k] for k in state])
-        self.opt.load_state_dict(ckpt["optimizer"])
-        if self.sched is not None and ckpt["scheduler"] is not None:
-            self.sched.load_state_dict(ckpt["scheduler"])
+        check_resumable(
+            ckpt,
+            path=self.cfg.checkpoint,
+            kind=self.task.kind,
+            meta=self.task.meta(),
+            settings=self._settings(),
+            state=state,
+        )
+        try:  # the fresh optimiser and scheduler only: nothing of the user's is touched yet
+            self.opt.load_state_dict(ckpt["optimizer"])
+            if self.sched is not None and ckpt["scheduler"] is not None:
+                self.sched.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise ValueError(
+                f"cannot resume from {self.cfg.checkpoint}: its optimiser state does not fit "
+                f"({exc}); pass resume=False (or another checkpoint path) to start over"
+            ) from exc
+        copy_into([state[k] for k in state], [ckpt["state"][k] for k in state])
         self.history = History.from_state_dict(ckpt["history"])
         self.last_good.load_dict(ckpt["last_good"])
         self.best.load_dict(ckpt["best"])
-        self.fails, self.start = ckpt["fails"], ckpt["step"]
-        _set_rng_state(ckpt["rng"])
+        self.fails, self.streak, self.start = ckpt["fails"], ckpt["streak"], ckpt["step"]
+        set_rng_state(ckpt["rng"])
 
     def _checkpoint(self, next_step: int) -> None:
         payload = {
-            "format": _FORMAT,
+            "format": CHECKPOINT_FORMAT,
             "kind": self.task.kind,
             "meta": self.task.meta(),
+            "settings": self._settings(),
             "seed": self.cfg.seed,
             "step": next_step,
             "state": {k: v.detach() for k, v in self.task.state().items()},
             "optimizer": self.opt.state_dict(),
             "scheduler": None if self.sched is None else self.sched.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "history": self.history.state_dict(),
             "last_good": self.last_good.to_dict(),
             "best": self.best.to_dict(),
             "fails": self.fails,
+            "streak": self.streak,
         }
-        _write_atomically(payload, Path(self.cfg.checkpoint))  # type: ignore[arg-type]
+        write_atomically(payload, Path(self.cfg.checkpoint))  # type: ignore[arg-type]
 
     # -- one step
     def _lr(self) -> float:
@@ -256,17 +347,33 @@ class _Loop:
         if not math.isfinite(vals[0]):
             return self._fail(step, lr, f"the loss is {vals[0]}")
         if not math.isfinite(vals[2]):
-            bad = [n for n, p in self.named if p.grad is not None and not p.grad.isfinite().all()]
-            return self._fail(step, lr, f"the gradients of {', '.join(bad[:5])} are NaN/Inf")
+            return self._fail(step, lr, self._bad_gradients(vals[2]))
         self.last_good.save(self.task.state(), self.opt)
         self.opt.step()
         if self.sched is not None and not self.plateau:
             self.sched.step()
-        self.fails = 0
+        self.streak += 1
+        if self.streak >= RECOVERY_STEPS:
+            self.fails = 0
         record = {k: v for k, v in extras.items() if not isinstance(v, Tensor)}
         record.update(zip(tensors, vals[3:], strict=True))
-        self.history._log_step(vals[1], lr, record)
+        self.history.log_step(vals[1], lr, record)
         return True
+
+    def _bad_gradients(self, norm: float) -> str:
+        """Why the gradient norm is NaN/Inf: the parameters with NaN/Inf gradients, or, when
+        every gradient is finite, the largest ones (their squares overflowed the norm)."""
+        grads = [(n, p.grad) for n, p in self.named if p.grad is not None]
+        bad = [n for n, g in grads if not g.isfinite().all()]
+        if bad:
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            return f"the gradients of {', '.join(bad[:5])}{more} are NaN/Inf"
+        sizes = sorted(((float(g.abs().max()), n) for n, g in grads), reverse=True)[:3]
+        largest = ", ".join(f"{n} (max |grad| {v:.3g})" for v, n in sizes)
+        return (
+            f"the gradient norm overflowed ({norm}) though every gradient is finite; the "
+            f"largest: {largest}"
+        )
 
     def _fail(self, step: int, lr: float, reason: str) -> bool:
         h = self.history
@@ -276,18 +383,19 @@ class _Loop:
             g["lr"] *= 0.5
         if hasattr(self.sched, "base_lrs"):
             self.sched.base_lrs = [b * 0.5 for b in self.sched.base_lrs]  # type: ignore[union-attr]
-        h._log_step(_NAN, lr, {})
+        h.log_step(NAN, lr, {})
         h.rollbacks += 1
         h.rollback_steps.append(step)
         self.fails += 1
+        self.streak = 0
         if self.fails >= MAX_FAILURES:
             h.diverged = True
             h.message = (
-                f"training diverged: {self.fails} failed steps in a row (last at step {step}: "
-                f"{reason}) although the learning rate was lowered to {self._lr():.3g}; the "
-                "weights are the last finite ones. Lower lr, set clip_grad, or standardise the data."
+                f"training diverged: {self.fails} steps failed without {RECOVERY_STEPS} good "
+                f"steps in a row in between (the last at step {step}: {reason}) although the "
+                f"learning rate was lowered to {self._lr():.3g}. Lower lr, set clip_grad, or "
+                "standardise the data."
             )
-            warnings.warn(h.message, RuntimeWarning, stacklevel=6)
         else:
             warnings.warn(
                 f"step {step}: {reason}; rolled back to the last good weights and halved the "
@@ -367,7 +475,7 @@ class _Loop:
                     bar.set_postfix(post, refresh=False)
                     bar.update(1)
             h.wall_time += time.perf_counter() - t0
-            h._pad()
+            h.pad()
             h.final_lr = self._lr()
             if cfg.checkpoint is not None and step % cfg.checkpoint_every != 0:
                 self._checkpoint(step)
@@ -380,16 +488,60 @@ class _Loop:
             raise
         finally:
             bar.close()
-        state = task.state()
+        self._finish()
+        return h
+
+    # -- the returned weights
+    def _check(self) -> str | None:
+        """``None`` if the current weights pass the task's check, else why they fail."""
+        check = getattr(self.task, "check", None)
+        if not all_finite(self.task.state()):
+            return "some weights are NaN/Inf"
+        if check is None:
+            return None
+        self.task.set_training(False)
+        try:
+            value = float(check())
+        except (NonFiniteError, ValueError) as exc:
+            if not _is_divergence(exc):
+                raise
+            return f"the loss on a training batch raised {type(exc).__name__}: {exc}"
+        finally:
+            self.task.set_training(True)
+        return None if math.isfinite(value) else f"the loss on a training batch is {value}"
+
+    def _finish(self) -> None:
+        """Restore the best-validation weights; replace unusable ones by the last good copy
+        and say so in ``History.diverged`` / ``message``."""
+        h, state = self.history, self.task.state()
+        last_good = "the last good weights (those of the last step that passed its checks)"
         if self.best.state is not None:
             self.best.restore(state)
-        elif not _finite(state):
-            self.last_good.restore(state)
+            returned = f"the best-validation weights (after step {h.best_step})"
+        elif h.diverged:  # the last failure restored them
+            returned = last_good
+        else:
+            returned = "the final weights"
+        problem = self._check()
+        if problem is not None:
+            failed = returned
+            if self.last_good.state is None:  # no step succeeded: the weights are the initial ones
+                returned = "the weights the run started from"
+                again: str | None = problem
+            else:
+                self.last_good.restore(state)
+                returned, again = last_good, self._check()
+            if again is not None:
+                returned += f", which fail too ({again}); re-initialise the model"
             h.diverged = True
+            first = h.message + " " if h.message.startswith("training diverged") else ""
             h.message = (
-                h.message or "the final weights were not finite; restored the last good ones"
+                f"{first}At the end {failed} were unusable ({problem}); returned {returned}."
             )
-        return h
+        elif h.diverged:
+            h.message += f" Returned {returned}."
+        if h.diverged:
+            warnings.warn(h.message, RuntimeWarning, stacklevel=5)
 
 
 def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> History:

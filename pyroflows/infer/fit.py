@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..transforms.base import nonfinite_rows
-from .engine import History, LoopConfig, load_checkpoint, train
+from .engine import History, LoopConfig, load_checkpoint, real_number, train, whole_number
+from .state import fingerprint
 
 __all__ = ["fit"]
 
@@ -60,10 +61,11 @@ def check_rows(
     dtype: torch.dtype,
     device: torch.device,
     rows: int | None = None,
+    rows_of: str = "data",
 ) -> Tensor:
     """Convert ``x`` to a ``(N, *shape)`` tensor of ``dtype`` on ``device``, or raise a
-    ``ValueError`` that says what is wrong: the shape, the row count (``rows``), or which rows
-    hold NaN/Inf."""
+    ``ValueError`` that says what is wrong: the shape, the row count (``rows``, those of
+    ``rows_of``), or which rows hold NaN/Inf."""
     t = as_tensor(x, name)
     shape = tuple(shape)
     if t.dim() != 1 + len(shape) or tuple(t.shape[1:]) != shape:
@@ -77,7 +79,7 @@ def check_rows(
         raise ValueError(f"Expected {name} shape {_shape_str(shape)}; got {tuple(t.shape)}{hint}")
     if rows is not None and t.shape[0] != rows:
         raise ValueError(
-            f"{name} has {t.shape[0]} rows but the data has {rows}; they must match row for row"
+            f"{name} has {t.shape[0]} rows but {rows_of} has {rows}; they must match row for row"
         )
     if t.shape[0] == 0:
         raise ValueError(f"{name} is empty")
@@ -102,6 +104,36 @@ def nll(flow: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
     """Mean negative log-likelihood of a batch (the default objective)."""
     d = flow(context) if context is not None else flow()
     return -d.log_prob(x).mean()
+
+
+def _plain(value: Any) -> Any:
+    """A configuration value as checkpointable plain data that is equal across processes."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list, torch.Size)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    text = repr(value)
+    return type(value).__qualname__ if " at 0x" in text else text
+
+
+def describe_model(flow: nn.Module) -> dict[str, Any]:
+    """The flow's class and configuration (``Flow.config``: the constructor's arguments), as
+    recorded in checkpoints; flows built from a list of transforms have ``config`` ``None`` and
+    are told apart by their tensors' names and shapes.
+
+    Example:
+        >>> import pyroflows as pf
+        >>> describe_model(pf.MAF(2, num_layers=1, hidden_dims=(8,)))["hidden_dims"]
+        [8]
+    """
+    config = getattr(flow, "config", None)
+    if isinstance(config, dict):
+        return {"class": type(flow).__name__, **_plain(config)}
+    return {"class": type(flow).__name__}
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -139,8 +171,8 @@ class _FitTask:
         self.nfe_modules = [m for m in flow.modules() if hasattr(m, "nfe")]
         self._epoch, self._perm = -1, None
         self._named = [(n, p) for n, p in flow.named_parameters() if p.requires_grad]
-        parts = [x] if val is None else [x, val[0]]
-        self._checksum = float(f"{sum(float(t.double().sum()) for t in parts):.6g}")
+        self._model = describe_model(flow)
+        self._fingerprint: str | None = None  # SHA-256 of the rows, computed when first needed
         self._checked = not regularization
         # every parameter and buffer; modules update them in place (ActNorm's fill_, optimisers)
         self._state = flow.state_dict(keep_vars=True)
@@ -153,11 +185,15 @@ class _FitTask:
 
     def meta(self) -> dict[str, Any]:
         n_val = 0 if self.val is None else len(self.val[0])
+        if self._fingerprint is None:
+            vx, vc = (None, None) if self.val is None else self.val
+            self._fingerprint = "sha256:" + fingerprint([self.x, self.c, vx, vc])
         return {
+            "flow": self._model,
             "n_train": len(self.x),
             "n_val": n_val,
             "batch_size": self.batch_size,
-            "data_checksum": self._checksum,
+            "data": self._fingerprint,
         }
 
     def set_training(self, mode: bool) -> None:
@@ -200,7 +236,15 @@ class _FitTask:
         return total, value, extras
 
     def validate(self) -> float:
-        x, c = self.val  # type: ignore[misc]
+        return self._evaluate(*self.val)  # type: ignore[misc]
+
+    def check(self) -> float:
+        """The objective (the NLL by default) of the current weights on the first training
+        batch: NaN/Inf, or a NonFiniteError, means the weights are unusable."""
+        n = self.batch_size
+        return self._evaluate(self.x[:n], None if self.c is None else self.c[:n])
+
+    def _evaluate(self, x: Tensor, c: Tensor | None) -> float:
         chunk = 4 * self.batch_size
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         # a stochastic objective (flow matching) sees the same noise at every check, and the
@@ -212,6 +256,18 @@ class _FitTask:
                 xb, cb = x[s : s + chunk], None if c is None else c[s : s + chunk]
                 total += self.objective(self.flow, xb, cb).double() * len(xb)
         return float(total) / len(x)
+
+
+def default_eval_every(steps: int, per_epoch: int) -> int:
+    """Steps between validation checks by default: once per epoch, but at least
+    ``ceil(steps / 100)`` and at most ``ceil(steps / 10)`` steps apart, so a run has between
+    10 and 100 checks (a small table, whose epoch is one step, is not validated at every step).
+
+    Example:
+        >>> default_eval_every(1000, 1), default_eval_every(1000, 40), default_eval_every(1000, 4000)
+        (10, 40, 100)
+    """
+    return max(1, min(max(per_epoch, math.ceil(steps / 100)), math.ceil(steps / 10)))
 
 
 def _reference(flow: nn.Module) -> tuple[torch.dtype, torch.device]:
@@ -277,8 +333,9 @@ def fit(
             images. Moved to the flow's device and dtype. Shapes and finiteness are checked
             before training, with errors that locate the bad rows.
         context: ``(N, context_dim)`` contexts for a conditional flow, row for row with ``data``.
-        steps, epochs: training length (give at most one; default 1000 steps). An epoch is
-            ``N_train // batch_size`` steps; each epoch visits the rows in a fresh random order.
+        steps, epochs: training length (give at most one; default 1000 steps); whole numbers
+            (``1e4`` is accepted, ``2.5`` refused). An epoch is ``N_train // batch_size`` steps;
+            each epoch visits the rows in a fresh random order.
         batch_size, lr, weight_decay: minibatch size, learning rate, decoupled weight decay.
         optimizer: ``"adam"`` (AdamW when ``weight_decay`` > 0), ``"adamw"``, ``"sgd"``,
             ``"rmsprop"``, or a ``torch.optim`` class / factory ``(params, lr=...)``.
@@ -290,8 +347,11 @@ def fit(
         val_fraction: share of ``data`` held out for validation (ignored when ``val_data`` is
             given; 0 disables validation). ``val_context`` goes with ``val_data``.
         patience: stop after this many validation checks without improvement.
-        eval_every: steps between validation checks (default: once per epoch, and at least
-            ten times per run); the last step is always checked.
+        eval_every: steps between validation checks; the last step is always checked. The
+            default is once per epoch, within 10 to 100 checks per run:
+            ``min(max(epoch, ceil(steps / 100)), ceil(steps / 10))`` steps apart (so a small
+            table, whose epoch is a single step, is checked every ``steps / 100`` steps, not
+            at every step). ``patience`` counts these checks.
         progress: show a tqdm bar with the loss (only when stderr is a terminal).
         seed: seeds Pyro/torch/numpy/random and the batch order, for a reproducible run.
         device: move the flow there first (default: where it is).
@@ -299,7 +359,13 @@ def fit(
             ``checkpoint_every`` steps, at the end, and when interrupted between two steps
             (Ctrl-C, or an exception raised by a callback).
         resume: continue from ``checkpoint`` if the file exists (exactly: the weights end
-            bit-identical to an uninterrupted run); start afresh if it does not.
+            bit-identical to an uninterrupted run); start afresh if it does not. The checkpoint
+            records the flow's class and configuration, a SHA-256 of the training and
+            validation rows (values and order), the batch size, the optimiser's class and
+            options (``lr`` and ``weight_decay`` included), ``lr_schedule`` and ``warmup``; a
+            resume where any of them differs is refused with a ``ValueError`` before any weight
+            is overwritten (a changed ``lr`` is refused, not applied). ``steps``, ``patience``,
+            ``eval_every``, ``clip_grad`` and ``callbacks`` may change and take effect.
         callbacks: ``cb(step, history, flow) -> bool | None`` after every step; ``True`` stops.
         objective: ``"nll"``; ``"flow_matching"`` (``pyroflows.infer.flow_matching``, with
             ``objective_kwargs``; its validation loss is the same flow-matching loss on the
@@ -316,8 +382,12 @@ def fit(
 
     A step whose loss or gradients are NaN/Inf (or that raises
     :class:`~pyroflows.NonFiniteError`) is rolled back (weights and optimiser state), the
-    learning rate halved, and a warning issued; five failures in a row stop training with
-    ``History.diverged`` set and the last finite weights in place.
+    learning rate halved, and a warning issued. A rollback has recovered once ten steps in a row
+    succeed after it; five failures without a recovery in between stop training with
+    ``History.diverged`` set and ``History.message`` saying what failed. The weights returned
+    (the best-validation ones when there is validation) are checked with the objective on a
+    training batch; if that is NaN/Inf or raises, the last good weights are restored and
+    ``diverged``/``message`` say so (with a ``RuntimeWarning``).
 
     Example:
         >>> import torch, pyroflows as pf
@@ -333,12 +403,14 @@ def fit(
         )
     if steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")
-    if epochs is not None and not (isinstance(epochs, int) and epochs >= 1):
-        raise ValueError(f"epochs must be a whole number >= 1; got {epochs!r}")
-    if not 0.0 <= val_fraction < 1.0:
+    # whole numbers (1e4 is fine, 2.5 is refused) and fractions, before any work is done
+    steps = None if steps is None else whole_number("steps", steps, 1)
+    epochs = None if epochs is None else whole_number("epochs", epochs, 1)
+    batch_size = whole_number("batch_size", batch_size, 1)
+    seed = None if seed is None else whole_number("seed", seed, 0)
+    eval_every = None if eval_every is None else whole_number("eval_every", eval_every, 1)
+    if real_number("val_fraction", val_fraction, 0.0) >= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive; got {batch_size}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=path")
     if device is not None:
@@ -348,7 +420,7 @@ def fit(
     context_dim = int(getattr(flow, "context_dim", 0) or 0)
     x = check_rows(data, "data", shape, dtype=dtype, device=dev)
 
-    def _context(c: Any, name: str, rows: int) -> Tensor | None:
+    def _context(c: Any, name: str, rows: int, rows_of: str) -> Tensor | None:
         if context_dim and c is None:
             raise ValueError(
                 f"the flow is conditional (context_dim={context_dim}); pass {name}=array of "
@@ -358,10 +430,18 @@ def fit(
             raise ValueError(f"the flow is unconditional; do not pass {name}")
         if c is None:
             return None
-        return check_rows(c, name, (context_dim,), dtype=dtype, device=dev, rows=rows)
+        return check_rows(
+            c, name, (context_dim,), dtype=dtype, device=dev, rows=rows, rows_of=rows_of
+        )
 
-    c = _context(context, "context", len(x))
+    c = _context(context, "context", len(x), "data")
     ckpt = load_checkpoint(checkpoint) if resume else None
+    if ckpt is not None and seed is not None and seed != ckpt.get("seed"):
+        raise ValueError(
+            f"cannot resume from {checkpoint}: its run used seed={ckpt.get('seed')}, this one "
+            f"seed={seed} (the seed fixes the validation split and the batch order); pass the "
+            "same seed or seed=None, or resume=False to start over"
+        )
     if seed is not None:
         pyro.set_rng_seed(seed)
     if ckpt is not None:
@@ -372,7 +452,7 @@ def fit(
     val = None
     if val_data is not None:
         vx = check_rows(val_data, "val_data", shape, dtype=dtype, device=dev)
-        val = (vx, _context(val_context, "val_context", len(vx)))
+        val = (vx, _context(val_context, "val_context", len(vx), "val_data"))
     elif val_context is not None:
         raise ValueError("val_context goes with val_data")
     elif val_fraction > 0 and len(x) >= 2:
@@ -396,16 +476,16 @@ def fit(
     if steps is None:
         steps = epochs * task.per_epoch if epochs is not None else 1000
     if eval_every is None:
-        eval_every = max(1, min(task.per_epoch, math.ceil(steps / 10)))
+        eval_every = default_eval_every(steps, task.per_epoch)
     cfg = LoopConfig(
-        steps=int(steps),
+        steps=steps,
         lr=lr,
         optimizer=optimizer,
         lr_schedule=lr_schedule,
         warmup=warmup,
         weight_decay=weight_decay,
         clip_grad=clip_grad,
-        eval_every=int(eval_every),
+        eval_every=eval_every,
         patience=patience,
         progress=progress,
         checkpoint=checkpoint,

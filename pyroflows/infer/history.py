@@ -7,9 +7,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["History"]
+__all__ = ["NAN", "History"]
 
-_NAN = float("nan")
+#: The value recorded for a rolled-back step.
+NAN = float("nan")
 
 
 @dataclass(repr=False)
@@ -26,8 +27,10 @@ class History:
         wall_time: seconds spent training (summed over resumed runs).
         stopped_early: early stopping (``patience``) or a callback ended the run.
         rollbacks, rollback_steps: how many steps were rolled back, and which.
-        diverged: training stopped after ``MAX_FAILURES`` failed steps in a row (the weights
-            are the last good ones); ``message`` says what diverged.
+        diverged: training stopped after ``MAX_FAILURES`` failed steps without a recovery in
+            between, or the weights at the end were unusable (NaN/Inf, or a NaN/Inf loss on a
+            training batch) and were replaced by the last good ones; ``message`` says what
+            failed and which weights were returned.
         final_lr: learning rate at the end.
         regularization: name -> value per step, as reported by modules' ``regularization()``.
         nfe: function evaluations per step of modules with an ``nfe`` attribute (summed).
@@ -73,21 +76,25 @@ class History:
             return self.regularization.setdefault(key[4:], [])
         return getattr(self, key)
 
-    def _log_step(self, loss: float, lr: float, extras: dict[str, float]) -> None:
+    def log_step(self, loss: float, lr: float, extras: dict[str, float]) -> None:
+        """Append one step: its loss, learning rate and extras (``"nfe"``, ``"beta"``,
+        ``"reg:<name>"``); series that skipped steps are padded with NaN first."""
         n = len(self.train_loss)
         self.train_loss.append(loss)
         self.lr.append(lr)
         for key, value in extras.items():
             seq = self._series(key)
-            seq.extend([_NAN] * (n - len(seq)))
+            seq.extend([NAN] * (n - len(seq)))
             seq.append(value)
 
-    def _pad(self) -> None:
+    def pad(self) -> None:
+        """Pad the optional per-step series with NaN to one entry per step."""
         for seq in [self.nfe, self.beta, *self.regularization.values()]:
             if seq:
-                seq.extend([_NAN] * (len(self.train_loss) - len(seq)))
+                seq.extend([NAN] * (len(self.train_loss) - len(seq)))
 
     def state_dict(self) -> dict[str, Any]:
+        """Plain data for a checkpoint; :meth:`from_state_dict` rebuilds the History."""
         return dataclasses.asdict(self)
 
     @classmethod

@@ -1,13 +1,20 @@
-"""Copies of training state: the rollback snapshot, RNG states and checkpoint files.
+"""Copies of training state: the rollback snapshot, RNG states, fingerprints and checkpoint files.
 
-Used by :mod:`pyroflows.infer.engine`; a checkpoint is a ``torch.save`` dictionary (format
-``pyroflows-checkpoint-1``) that loads with ``weights_only=True``.
+The internal API of :mod:`pyroflows.infer.engine`: :class:`Snapshot`, :func:`copy_into`,
+:func:`all_finite`, :func:`rng_state` / :func:`set_rng_state`, :func:`fingerprint`,
+:func:`tensor_mismatches`, :func:`check_resumable`, :func:`write_atomically` and
+:func:`load_checkpoint`. A checkpoint is
+a ``torch.save`` dictionary (format :data:`CHECKPOINT_FORMAT`) that loads with
+``weights_only=True``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import random
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +22,30 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["load_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Snapshot",
+    "all_finite",
+    "check_resumable",
+    "copy_into",
+    "fingerprint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+    "tensor_mismatches",
+    "write_atomically",
+]
 
-_FORMAT = "pyroflows-checkpoint-1"
+#: Format tag of checkpoints; version 2 records the model's configuration, a SHA-256 of the
+#: data and the optimiser settings, so that a resumed run can be checked before it starts.
+CHECKPOINT_FORMAT = "pyroflows-checkpoint-2"
 
 
 # ---- copies of state ---------------------------------------------------------------------------
 
 
-def _copy_into(dsts: list[Tensor], srcs: list[Tensor]) -> None:
+def copy_into(dsts: list[Tensor], srcs: list[Tensor]) -> None:
+    """Copy ``srcs`` into ``dsts`` in place, pairwise (one ``_foreach_copy_`` when possible)."""
     with torch.no_grad():
         try:
             torch._foreach_copy_(dsts, srcs)
@@ -36,8 +58,10 @@ def _opt_states(opt: torch.optim.Optimizer) -> list[dict | None]:
     return [opt.state.get(p) or None for g in opt.param_groups for p in g["params"]]
 
 
-class _Snapshot:
-    """A copy of the task's state (and optionally the optimiser state) in reusable buffers."""
+class Snapshot:
+    """A copy of the task's state (and optionally the optimiser state) in reusable buffers:
+    :meth:`save` copies the live tensors in, :meth:`restore` copies them back, and
+    :meth:`to_dict` / :meth:`load_dict` carry it through a checkpoint."""
 
     def __init__(self) -> None:
         self.state: dict[str, Tensor] | None = None
@@ -59,7 +83,7 @@ class _Snapshot:
         srcs, prev = self._sources(state, opt), self._srcs
         same = srcs is not None and prev is not None and len(srcs) == len(prev)
         if same and all(a is b for a, b in zip(srcs, prev, strict=True)):  # type: ignore[arg-type]
-            _copy_into(self._dsts, srcs)  # the same tensors as last time: one foreach copy
+            copy_into(self._dsts, srcs)  # the same tensors as last time: one foreach copy
             return
         self._save(state, opt)
         self._srcs = srcs
@@ -74,7 +98,7 @@ class _Snapshot:
             old = None  # loaded from a checkpoint onto another device: reallocate here
         if old is not None and old.keys() == state.keys():
             try:
-                _copy_into(list(old.values()), [v.detach() for v in state.values()])
+                copy_into(list(old.values()), [v.detach() for v in state.values()])
             except RuntimeError:  # shapes changed: reallocate
                 old = None
         if old is None or old.keys() != state.keys():
@@ -109,14 +133,14 @@ class _Snapshot:
                     copy[k] = v
             out.append(copy)
         if dsts:
-            _copy_into(dsts, srcs)
+            copy_into(dsts, srcs)
         return out
 
     def restore(self, state: dict[str, Tensor], opt: torch.optim.Optimizer | None = None) -> None:
         if self.state is None:
             return
         keys = list(self.state)
-        _copy_into([state[k] for k in keys], [self.state[k] for k in keys])
+        copy_into([state[k] for k in keys], [self.state[k] for k in keys])
         if opt is not None and self.opt is not None:
             params = [p for g in opt.param_groups for p in g["params"]]
             for p, saved in zip(params, self.opt, strict=False):
@@ -144,7 +168,8 @@ class _Snapshot:
         self._srcs = None
 
 
-def _finite(state: dict[str, Tensor]) -> bool:
+def all_finite(state: dict[str, Tensor]) -> bool:
+    """Whether every floating-point tensor of ``state`` is finite (one synchronisation)."""
     floats = [v for v in state.values() if v.is_floating_point()]
     return not floats or bool(torch.stack([torch.isfinite(v).all() for v in floats]).all())
 
@@ -152,7 +177,8 @@ def _finite(state: dict[str, Tensor]) -> bool:
 # ---- checkpoints -------------------------------------------------------------------------------
 
 
-def _rng_state() -> dict[str, Any]:
+def rng_state() -> dict[str, Any]:
+    """The states of the torch (and CUDA), numpy and Python generators, checkpointable."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
     return {
@@ -163,7 +189,8 @@ def _rng_state() -> dict[str, Any]:
     }
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators from :func:`rng_state`'s dictionary."""
     torch.set_rng_state(state["torch"])
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -193,13 +220,156 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(f"{path} is not a pyroflows checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a pyroflows checkpoint (format {_FORMAT} expected)")
+    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if fmt == "pyroflows-checkpoint-1":
+        raise ValueError(
+            f"{path} was written by an older pyroflows that did not record the model, data and "
+            "optimiser it belongs to, so resuming from it cannot be checked; pass resume=False "
+            "(or another checkpoint path) to start over"
+        )
+    if fmt != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a pyroflows checkpoint (format {CHECKPOINT_FORMAT} expected)"
+        )
     return ckpt
 
 
-def _write_atomically(payload: dict[str, Any], path: Path) -> None:
+def write_atomically(payload: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file beside it and a rename, so that a
+    failed write (disk full, Ctrl-C) leaves the previous file intact and no temporary behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, str(tmp))
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+# ---- what a resumed run must share with its checkpoint ------------------------------------------
+
+
+def fingerprint(tensors: Iterable[Tensor | None]) -> str:
+    """SHA-256 (hex) of the exact bytes, dtypes and shapes of ``tensors`` (``None`` counts too):
+    equal only for the same values in the same order.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(3, 2)
+        >>> fingerprint([x]) == fingerprint([x.clone()]), fingerprint([x]) == fingerprint([x.flip(0)])
+        (True, False)
+    """
+    h = hashlib.sha256()
+    for t in tensors:
+        if t is None:
+            h.update(b"none;")
+            continue
+        t = t.detach().contiguous().cpu()
+        h.update(f"{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 24:
+        return value[:12] + "..."
+    return value
+
+
+def differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``"key: checkpoint a, now b"`` for every entry that differs (one level into dicts, whose
+    ``"class"`` entry is named first).
+
+    Example:
+        >>> differences({"lr": 0.1, "flow": {"class": "MAF", "hidden_dims": [8]}},
+        ...             {"lr": 0.1, "flow": {"class": "MAF", "hidden_dims": [16]}})
+        ['flow hidden_dims: checkpoint [8], now [16]']
+    """
+    out = []
+    for key in dict.fromkeys([*saved, *now]):
+        a, b = saved.get(key), now.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            if a.get("class") != b.get("class"):
+                out.append(f"{key} class: checkpoint {a.get('class')}, now {b.get('class')}")
+            else:
+                out += [f"{key} {d}" for d in differences(a, b)]
+        else:
+            out.append(f"{key}: checkpoint {_short(a)}, now {_short(b)}")
+    return out
+
+
+def tensor_mismatches(saved: dict[str, Tensor], live: dict[str, Tensor]) -> list[str]:
+    """How the tensors of a checkpoint fail to fit the live ones (missing, extra, other shape
+    or dtype); empty when every saved tensor can be copied into its live counterpart.
+
+    Example:
+        >>> tensor_mismatches({"w": torch.zeros(2, 3)}, {"w": torch.zeros(2, 4), "b": torch.zeros(1)})
+        ['w: checkpoint (2, 3), now (2, 4)', 'b: not in the checkpoint']
+    """
+    out = []
+    for k, v in live.items():
+        s = saved.get(k)
+        if s is None:
+            out.append(f"{k}: not in the checkpoint")
+        elif s.shape != v.shape:
+            out.append(f"{k}: checkpoint {tuple(s.shape)}, now {tuple(v.shape)}")
+        elif s.dtype != v.dtype:
+            out.append(f"{k}: checkpoint {s.dtype}, now {v.dtype}")
+    out += [f"{k}: only in the checkpoint" for k in saved if k not in live]
+    return out
+
+
+def check_resumable(
+    ckpt: dict[str, Any],
+    *,
+    path: Any,
+    kind: str,
+    meta: dict[str, Any],
+    settings: dict[str, Any],
+    state: dict[str, Tensor],
+) -> None:
+    """Raise a ``ValueError`` saying what differs unless a run of ``kind`` with ``meta`` (what
+    the task must share: for ``fit`` the flow, the data's SHA-256, the sizes), optimiser
+    ``settings`` and live tensors ``state`` can continue from ``ckpt``. Touches nothing."""
+
+    def refuse(detail: str, advice: str) -> ValueError:
+        return ValueError(f"cannot resume from {path}: {detail}; {advice}")
+
+    start_over = "or pass resume=False (or another checkpoint path) to start over"
+    if ckpt.get("kind") != kind:
+        raise refuse(f"it was written by a {ckpt.get('kind')} run, not a {kind} run", start_over)
+    diff = differences(ckpt["meta"], meta)
+    if diff:
+        raise refuse(
+            f"this run differs from the checkpoint ({'; '.join(diff)})",
+            f"pass the same model, data (the same rows in the same order) and settings, "
+            f"{start_over}",
+        )
+    saved = ckpt["settings"]
+    diff = differences(saved, settings)
+    if saved["optimizer"] != settings["optimizer"]:  # their options differ too: name the class
+        diff = [f"optimizer: checkpoint {saved['optimizer']}, now {settings['optimizer']}"]
+    if diff:
+        how = (
+            "flow.load_state_dict(pyroflows.infer.engine.load_checkpoint(path)['state'])"
+            if kind == "fit"
+            else "pyroflows.infer.engine.load_checkpoint(path)['state']"
+        )
+        raise refuse(
+            f"the optimiser settings differ from the checkpoint's ({'; '.join(diff)})",
+            "a resumed run continues the checkpoint's optimiser and learning-rate schedule "
+            "exactly, so pass the same optimizer, lr, weight_decay, lr_schedule and warmup; to "
+            f"go on with other settings, start a new run (another checkpoint path) from its "
+            f"weights: {how}",
+        )
+    bad = tensor_mismatches(ckpt["state"], state)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise refuse(
+            f"its tensors do not fit this model ({'; '.join(bad[:5])}{more})",
+            f"build the model with the checkpoint's configuration, {start_over}",
+        )
