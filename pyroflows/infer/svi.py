@@ -182,6 +182,19 @@ class TraceSTL_ELBO(Trace_ELBO):  # noqa: N801 - Pyro's naming (Trace_ELBO, Reny
     ``nn.Module`` flows) and costs one more guide pass in the density direction. With
     ``num_particles > 1`` and ``vectorize_particles=True`` the replay is vectorised as well.
 
+    Flow sites (a :class:`~pyroflows.FlowDistribution` over vectors, as in
+    :class:`~pyroflows.AutoFlow`) are not replayed, because the density direction of an IAF is
+    :math:`D` sequential passes: their score comes from forward passes only. The base draw
+    :math:`\bar\varepsilon` is read back from the transforms' cache slots, and by the implicit
+    function theorem :math:`\tilde\varepsilon = \bar\varepsilon - J^{-1}(T_\phi(\bar\varepsilon)
+    - \overline{T_\phi(\bar\varepsilon)})`, with :math:`J` the (constant) Jacobian of the flow
+    at :math:`\bar\varepsilon`, has the value and the first derivative in :math:`\phi` of
+    :math:`T_\phi^{-1}(\bar z)`; so :math:`\log p_0(\tilde\varepsilon) - \log|\det
+    J_{T_\phi}(\tilde\varepsilon)|` has the value and gradient of
+    :math:`\log q_\phi(\bar z)`. Cost: one batched forward pass of :math:`D` copies of each
+    draw for :math:`J`, a :math:`D \times D` solve, one more forward pass (up to
+    ``STL_JACOBIAN_MAX_DIM`` = 1024 dimensions; larger flows are replayed).
+
     Example:
         >>> import torch, pyro, pyro.distributions as dist
         >>> def model():
