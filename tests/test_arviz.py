@@ -132,3 +132,42 @@ def test_user_errors_say_what_to_do():
 
     with pytest.raises(ValueError, match="NaN"), pyro.validation_enabled(False):
         pf.to_inference_data(conjugate_model, nan_guide, num_samples=10)
+
+
+def test_a_model_that_does_not_vectorise_falls_back_to_a_loop_over_draws():
+    """``X @ w + b`` with a latent vector ``w`` breaks under Pyro's particle dimension; the draws
+    are then taken one by one, with fit_svi's warning, and mean the same thing."""
+    torch.manual_seed(0)
+    xs = torch.randn(12, 3)
+    ys = xs @ torch.tensor([1.0, -1.0, 0.5]) + 0.3 + 0.5 * torch.randn(12)
+
+    def regression(xs, ys):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0).expand([3]).to_event(1))
+        b = pyro.sample("b", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(xs)):
+            pyro.sample("y", dist.Normal(xs @ w + b, 0.5), obs=ys)
+
+    def guide(xs, ys):  # a density easy to evaluate at given values
+        pyro.sample("w", dist.Normal(torch.tensor([1.0, -1.0, 0.5]), 0.2).to_event(1))
+        pyro.sample("b", dist.Normal(0.3, 0.2))
+
+    with pytest.warns(UserWarning, match="does not run vectorised over 30 draws.*looping"):
+        diag = pf.psis_diagnostic(regression, guide, xs, ys, num_samples=30)
+    assert diag.num_samples == 30 and math.isfinite(diag.log_evidence)
+    with pytest.warns(UserWarning, match="looping over them"):
+        idata = pf.to_inference_data(regression, guide, xs, ys, num_samples=25)
+    assert idata.posterior["w"].shape == (1, 25, 3) and idata.posterior["b"].shape == (1, 25)
+    assert idata.observed_data["y"].dims == ("data",)
+    # each draw's weight is the model's joint minus the guide's density at that draw
+    stats = idata.sample_stats
+    for i in (0, 24):
+        z = {k: torch.as_tensor(idata.posterior[k].values[0, i]) for k in ("w", "b")}
+        joint = poutine.trace(poutine.condition(regression, z)).get_trace(xs, ys).log_prob_sum()
+        guide_tr = poutine.trace(poutine.condition(guide, z)).get_trace(xs, ys)
+        assert float(stats["lp"].values[0, i]) == pytest.approx(float(joint), rel=1e-5)
+        assert float(stats["log_q"].values[0, i]) == pytest.approx(
+            float(guide_tr.log_prob_sum()), rel=1e-5
+        )
+        assert float(stats["log_weight"].values[0, i]) == pytest.approx(
+            float(joint - guide_tr.log_prob_sum()), rel=1e-5
+        )

@@ -130,7 +130,8 @@ def test_checkpoint_resume_is_bit_identical(tmp_path):
 
 
 def test_options_and_errors():
-    h = pf.fit_svi(model, AutoNormal(model), X, steps=5, loss=Trace_ELBO(), progress=False)
+    h = pf.fit_svi(model, AutoNormal(model), X, steps=5, loss=Trace_ELBO(), progress=False,
+                   final_check=False)  # fmt: skip
     assert h.steps == 5 and h.beta == []
     with pytest.raises(ValueError, match="loss must be"):
         pf.fit_svi(model, AutoNormal(model), X, steps=5, loss="renyi", progress=False)
@@ -158,7 +159,7 @@ def test_particles_fall_back_to_a_loop_when_the_model_cannot_be_vectorised():
 
 def test_pyro_optimisers_are_accepted():
     h = pf.fit_svi(model, AutoNormal(model), X, steps=5, optimizer=pyro.optim.Adam({"lr": 0.2}),
-                   progress=False)  # fmt: skip
+                   progress=False, final_check=False)  # fmt: skip
     assert h.lr == [0.2] * 5
     sched = pyro.optim.ExponentialLR(
         {"optimizer": torch.optim.Adam, "optim_args": {}, "gamma": 0.9}
@@ -198,3 +199,156 @@ def test_stl_zero_variance_with_an_auxiliary_latent_guide():
 
     assert float(grads(TraceSTL_ELBO()).var(0).max()) < 1e-9
     assert float(grads(Trace_ELBO()).var(0).max()) > 1e-1
+
+
+# ---- STL on flow guides: no inverse (issue 10 item 11) -----------------------------------------
+
+
+def _flow_model(x):
+    a = pyro.sample("a", dist.Normal(torch.zeros(3, dtype=x.dtype), 1.0).to_event(1))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(a.sum(-1, keepdim=True), 1.0), obs=x)
+
+
+def _perturbed_flow_guide(flow, dtype=torch.float32, **kw):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = pf.AutoFlow(_flow_model, flow, init_scale=0.7, **kw)
+    guide(X.to(dtype))
+    with torch.no_grad():
+        for p in guide.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return guide
+
+
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_stl_with_an_iaf_guide_never_runs_the_sequential_inverse(monkeypatch, num_particles):
+    guide = _perturbed_flow_guide(pf.IAF, num_layers=2, hidden_dims=(8,))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("sequential inverse was run")
+
+    for t in guide.flow.transforms:
+        monkeypatch.setattr(t, "inverse_and_log_det", boom)
+    elbo = TraceSTL_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    elbo.differentiable_loss(_flow_model, guide, X).backward()
+    h = pf.fit_svi(_flow_model, guide, X, steps=3, loss="stl", num_particles=num_particles,
+                   progress=False, final_check=False)  # fmt: skip
+    assert h.steps == 3 and h.rollbacks == 0
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        pf.IAF,
+        pf.RealNVP,
+        pf.Planar,
+        lambda d: pf.IAF(d, num_layers=2, hidden_dims=(8,), base="diag"),
+    ],
+    ids=["IAF", "RealNVP", "Planar", "IAF-learnable-base"],
+)
+@pytest.mark.parametrize("num_particles", [1, 3])
+def test_inverse_free_stl_gradient_equals_the_replayed_one(monkeypatch, flow, num_particles):
+    """The implicit-function score (forward passes only) equals the score of replaying the guide
+    at the detached sample (which inverts the flow), parameter by parameter, in float64."""
+    from pyroflows.infer import svi
+
+    kw = {"num_layers": 2, "hidden_dims": (8,)} if flow in (pf.IAF, pf.RealNVP) else {}
+    guide = _perturbed_flow_guide(flow, torch.float64, **kw)
+    x = X.double()
+    params = list(guide.parameters())
+
+    def grads(max_dim):
+        monkeypatch.setattr(svi, "STL_JACOBIAN_MAX_DIM", max_dim)
+        pyro.set_rng_seed(1)
+        elbo = TraceSTL_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+        loss = elbo.differentiable_loss(_flow_model, guide, x)
+        return loss.detach(), torch.autograd.grad(loss, params)
+
+    (loss_replayed, replayed), (loss_fast, fast) = grads(0), grads(1024)
+    assert float(loss_fast) == float(loss_replayed)
+    for a, b in zip(fast, replayed, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    # and it is not the plain ELBO gradient (the score term really is dropped)
+    pyro.set_rng_seed(1)
+    plain = Trace_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1)
+    g = torch.autograd.grad(plain.differentiable_loss(_flow_model, guide, x), params)
+    assert max(float((a - b).abs().max()) for a, b in zip(fast, g, strict=True)) > 1e-3
+
+
+# ---- one optimiser update per distinct tensor (issue 13) ---------------------------------------
+
+
+def test_every_parameter_gets_one_update_per_step_with_pyro_aliases():
+    """Pyro's AutoIAFNormal registers its first layer's weight twice in the param store
+    (``_prototype_tensor`` and ``transform...weight``): one Adam step must move each tensor by
+    lr * sign(grad) (twice that if an alias were updated twice)."""
+    from pyro.infer.autoguide import AutoIAFNormal
+
+    def model3():
+        pyro.sample("z", dist.Normal(torch.zeros(3), 1.0).to_event(1))
+
+    pyro.clear_param_store()
+    guide = AutoIAFNormal(model3, num_transforms=2)
+    guide()
+    store = pyro.get_param_store()
+    tensors = [value.unconstrained() for _, value in store.items()]
+    assert len({id(t) for t in tensors}) < len(tensors)  # the alias this test is about
+    before = {id(t): t.detach().clone() for t in tensors}
+    lr = 1e-3
+    pf.fit_svi(model3, guide, steps=1, lr=lr, seed=0, progress=False, final_check=False)
+    for t in tensors:
+        moved = (t.detach() - before[id(t)]).abs()
+        assert float(moved.max()) == pytest.approx(lr, rel=1e-3)  # first Adam step: lr * sign(g)
+
+
+# ---- the final check (issue 13) ---------------------------------------------------------------
+
+
+def test_final_check_reports_psis_and_warns_on_a_guide_it_cannot_trust():
+    pyro.clear_param_store()
+    good = pf.fit_svi(model, AutoNormal(model), X, steps=100, lr=0.1, seed=0, progress=False,
+                      num_check_samples=500)  # fmt: skip
+    assert good.final_check.verdict == "good" and good.final_check.num_samples == 500
+    assert good.message == ""
+
+    def narrow(x):  # a fixed guide far too narrow for the posterior: heavy-tailed weights
+        pyro.sample("z", dist.Normal(pyro.param("m", torch.tensor(POST_LOC)), 0.02 * POST_SCALE))
+
+    pyro.clear_param_store()
+    with pytest.warns(RuntimeWarning, match="unreliable"):
+        bad = pf.fit_svi(model, narrow, X, steps=2, lr=1e-6, seed=0, progress=False)
+    assert bad.final_check.k_hat > 0.7 and "k-hat" in bad.message
+    off = pf.fit_svi(model, narrow, X, steps=2, lr=1e-6, progress=False, final_check=False)
+    assert off.final_check is None and off.message == ""
+    with pytest.raises(ValueError, match="num_check_samples"):
+        pf.fit_svi(model, narrow, X, steps=2, progress=False, num_check_samples=1)
+
+
+def test_a_fit_that_stalls_says_so():
+    def stuck(x):  # lr far too small to move: the ELBO cannot improve
+        loc = pyro.param("stuck_loc", torch.tensor(-3.0))
+        pyro.sample("z", dist.Normal(loc, POST_SCALE))
+
+    pyro.clear_param_store()
+    with pytest.warns(RuntimeWarning, match="stalled: the ELBO did not improve"):
+        h = pf.fit_svi(model, stuck, X, steps=60, lr=1e-9, seed=0, progress=False,
+                       num_particles=16)  # fmt: skip
+    assert "did not improve" in h.message
+
+
+def test_rollbacks_that_halve_the_lr_repeatedly_are_reported():
+    calls = {"n": 0}
+
+    def flaky(x):  # NaN loss on 3 of the first steps (rolled back, lr halved each time)
+        calls["n"] += 1
+        loc = pyro.param("flaky_loc", torch.tensor(0.0))
+        bad = calls["n"] in (3, 4, 6)
+        pyro.sample("z", dist.Normal(loc * (math.nan if bad else 1.0), POST_SCALE))
+
+    pyro.clear_param_store()
+    with pytest.warns(RuntimeWarning, match="halved the learning rate"):
+        h = pf.fit_svi(model, flaky, X, steps=20, lr=0.1, seed=0, progress=False,
+                       num_check_samples=100)  # fmt: skip
+    assert h.rollbacks == 3 and not h.diverged
+    assert "3 rolled-back steps halved the learning rate to 0.0125" in h.message

@@ -13,9 +13,12 @@ the posterior). The same weights give the Kish effective sample size of the smoo
 bounded weights and a small :math:`\hat k` however poor it is, so read the ESS too (a small
 fraction of the draws means an inefficient guide).
 
-Draws are taken in one vectorised pass (Pyro's ``vectorized_importance_weights``), so model and
-guide must have static structure and support an extra batch dimension left of their plates, as
-for ``Trace_ELBO(vectorize_particles=True)``. ArviZ is imported on first use.
+Draws are taken in one vectorised pass (Pyro's ``vectorized_importance_weights``) when model and
+guide support an extra batch dimension left of their plates, as for
+``Trace_ELBO(vectorize_particles=True)``; a model that does not (e.g. ``X @ w`` with a latent
+vector ``w``) is run once per draw instead, with the same warning :func:`~pyroflows.fit_svi`
+gives for particles (slower, same result). Model and guide must have static structure. ArviZ is
+imported on first use.
 
 References:
     [1] Y. Yao, A. Vehtari, D. Simpson, A. Gelman. Yes, but Did It Work?: Evaluating
@@ -39,6 +42,8 @@ from pyro.infer.importance import vectorized_importance_weights
 from pyro.infer.util import plate_log_prob_sum
 from pyro.poutine.util import site_is_subsample
 from torch import Tensor
+
+from ..infer.svi import vectorised_or_loop
 
 __all__ = ["PSISDiagnostic", "psis_diagnostic", "to_inference_data"]
 
@@ -104,20 +109,57 @@ def _max_plate_nesting(*traces: Any) -> int:
     return max(dims, default=0)
 
 
+def _draw_vectorised(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int, nesting: int
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    log_w, model_tr, guide_tr = vectorized_importance_weights(
+        model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
+    )
+    log_p = plate_log_prob_sum(model_tr, guide_tr.plate_to_symbol[_PARTICLES])
+    values = {n: s["value"] for n, s in model_tr.nodes.items() if s["type"] == "sample"}
+    return log_w, log_p, values
+
+
+def _draw_looped(
+    model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    log_w, log_p, values = [], [], {}
+    for _ in range(num_samples):
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+        lp = model_tr.log_prob_sum()
+        log_p.append(lp)
+        log_w.append(lp - guide_tr.log_prob_sum())
+        for name, site in model_tr.nodes.items():  # latent and deterministic sites, per draw
+            if site["type"] == "sample" and (
+                not site["is_observed"] or site["infer"].get("_deterministic")
+            ):
+                values.setdefault(name, []).append(site["value"])
+    stacked = {n: torch.stack(v) for n, v in values.items()}
+    return torch.stack(log_w), torch.stack(log_p), stacked
+
+
 @torch.no_grad()
 def _draw(
     model: Callable, guide: Callable, args: tuple, kwargs: dict, num_samples: int
-) -> tuple[Tensor, Tensor, Any, Any]:
-    """Vectorised guide draws: ``(log_w, log_p, vectorised model trace, one-draw trace)``."""
+) -> tuple[Tensor, Tensor, dict[str, Tensor], Any]:
+    """Guide draws: ``(log_w, log_p, site name -> values of the draws, one-draw model trace)``.
+
+    One vectorised pass when the model allows it, else a loop over the draws (with the warning
+    :func:`~pyroflows.fit_svi` gives for particles).
+    """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2; got {num_samples!r}.")
     guide_one = poutine.trace(guide).get_trace(*args, **kwargs)
     model_one = poutine.trace(poutine.replay(model, trace=guide_one)).get_trace(*args, **kwargs)
     nesting = _max_plate_nesting(guide_one, model_one)
-    log_w, model_tr, guide_tr = vectorized_importance_weights(
-        model, guide, *args, num_samples=num_samples, max_plate_nesting=nesting, **kwargs
+    log_w, log_p, values = vectorised_or_loop(
+        lambda: _draw_vectorised(model, guide, args, kwargs, num_samples, nesting),
+        lambda: _draw_looped(model, guide, args, kwargs, num_samples),
+        count=num_samples,
+        what="draws",
+        stacklevel=4,  # _draw, torch.no_grad's wrapper, psis_diagnostic/to_inference_data, user
     )
-    log_p = plate_log_prob_sum(model_tr, guide_tr.plate_to_symbol[_PARTICLES])
     if bool(torch.isnan(log_w).any()) or bool((log_w == math.inf).any()):
         raise ValueError(
             "log p(x, z) - log q(z) is NaN or +inf for some guide draws; check that the guide's "
@@ -125,7 +167,7 @@ def _draw(
         )
     if not bool(torch.isfinite(log_w).any()):
         raise ValueError("every guide draw has zero model density (log weight -inf).")
-    return log_w, log_p, model_tr, model_one
+    return log_w, log_p, values, model_one
 
 
 def _psis(log_w: Tensor) -> tuple[float, float]:
@@ -244,23 +286,22 @@ def to_inference_data(
         >>> "psis_k_hat" in idata.posterior.attrs
         True
     """
-    log_w, log_p, model_tr, model_one = _draw(model, guide, args, kwargs, num_samples)
+    log_w, log_p, values, model_one = _draw(model, guide, args, kwargs, num_samples)
     posterior: dict[str, np.ndarray] = {}
     observed: dict[str, np.ndarray] = {}
     dims: dict[str, list[str]] = {}
-    for name, site in model_tr.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site) or name not in model_one.nodes:
+    for name, site in model_one.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
         if site["infer"].get("is_auxiliary"):
             continue
-        shape = tuple(model_one.nodes[name]["value"].shape)
+        shape = tuple(site["value"].shape)
         deterministic = bool(site["infer"].get("_deterministic"))
+        dims[name] = _dims(name, site, shape)
         if site["is_observed"] and not deterministic:
             observed[name] = site["value"].detach().cpu().numpy()
-            dims[name] = _dims(name, model_one.nodes[name], tuple(site["value"].shape))
             continue
-        posterior[name] = _per_draw(site["value"], num_samples, shape, name)
-        dims[name] = _dims(name, model_one.nodes[name], shape)
+        posterior[name] = _per_draw(values[name], num_samples, shape, name)
     as_np = lambda t: t.detach().double().cpu().numpy()[None]  # noqa: E731
     stats = {"log_weight": as_np(log_w), "lp": as_np(log_p), "log_q": as_np(log_p - log_w)}
     idata = _arviz().from_dict(

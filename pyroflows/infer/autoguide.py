@@ -19,7 +19,9 @@ side because there they survive any rotation or permutation inside the flow. (Py
 Sampling and scoring take one pass: the guide draws :math:`z` and every transform keeps its
 input, output and log-determinant in its cache slot, so when ``Trace_ELBO`` scores the guide's
 sample the density is read back instead of inverting the flow (an IAF guide never runs its
-sequential inverse). ``get_base_dist``/``get_transform`` expose :math:`p_0` and
+sequential inverse; with ``fit_svi(..., loss="stl")`` neither, as
+:class:`~pyroflows.infer.TraceSTL_ELBO` scores flow sites by forward passes from the cached base
+draw). ``get_base_dist``/``get_transform`` expose :math:`p_0` and
 :math:`\varepsilon \mapsto z` for :class:`~pyro.infer.reparam.NeuTraReparam` [2], so HMC runs in
 the flow's base space.
 

@@ -16,22 +16,151 @@ References:
 
 from __future__ import annotations
 
+import math
+import statistics
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyro
+import torch
 from pyro import poutine
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, Trace_ELBO
 from pyro.infer.util import is_validation_enabled
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape
 from torch import Tensor, nn
 
+from ..flows import FlowDistribution
+from ..transforms.base import FlowTransform
 from .engine import History, LoopConfig, load_checkpoint, train
 
 __all__ = ["TraceSTL_ELBO", "anneal_beta", "fit_svi"]
+
+_T = TypeVar("_T")
+
+
+def vectorised_or_loop(
+    vectorised: Callable[[], _T],
+    looped: Callable[[], _T],
+    *,
+    count: int,
+    what: str,
+    stacklevel: int = 2,
+) -> _T:
+    """Run ``vectorised()``; if the model cannot run vectorised (it raises), run ``looped()``
+    instead and warn why. An error that ``looped()`` raises too is a genuine one and propagates.
+    ``stacklevel`` is that of a warning issued by the caller itself.
+
+    Shared by :func:`fit_svi` (particles) and :func:`~pyroflows.psis_diagnostic` /
+    :func:`~pyroflows.to_inference_data` (draws), so the fallback and its message are one.
+
+    Example:
+        >>> import warnings
+        >>> def vectorised():
+        ...     raise RuntimeError("shape mismatch")
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     vectorised_or_loop(vectorised, lambda: "looped", count=4, what="draws")
+        'looped'
+        >>> "does not run vectorised over 4 draws (RuntimeError: shape mismatch)" in str(
+        ...     caught[0].message)
+        True
+    """
+    try:
+        return vectorised()
+    except Exception as exc:
+        result = looped()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        warnings.warn(
+            f"the model does not run vectorised over {count} {what} "
+            f"({type(exc).__name__}: {first}); looping over them instead, which is slower. "
+            "Index latent variables from the right (z[..., 0], X @ w[..., None]) and use "
+            "pyro.plate to vectorise.",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
+        return result
+
+
+#: Largest event size whose flow sites get the inverse-free STL score (a D x D Jacobian per draw);
+#: larger ones are scored by replaying the guide (which inverts the flow).
+STL_JACOBIAN_MAX_DIM = 1024
+
+
+def _flow_forward(transforms: Sequence[Any], x: Tensor) -> tuple[Tensor, Tensor]:
+    """Base -> data through ``transforms`` without touching their cache slots: ``(y, log_det)``."""
+    total: Tensor | float = 0.0
+    for t in transforms:
+        if isinstance(t, FlowTransform):
+            y, ld = t.forward_and_log_det(x, None)
+        elif isinstance(getattr(t, "parent", None), FlowTransform):
+            y, ld = t.parent.forward_and_log_det(x, t.context)
+        else:
+            y = t(x)
+            ld = t.log_abs_det_jacobian(x, y)
+        if ld.dim() == y.dim():  # an elementwise log-det (event_dim 0 transform)
+            ld = ld.sum(-1)
+        total = total + ld
+        x = y
+    return x, total  # type: ignore[return-value]
+
+
+def _fast_flow_site(site: dict) -> FlowDistribution | None:
+    """The site's flow if its STL score can be had without inverting the flow."""
+    fn = site["fn"]
+    if (
+        type(fn) is FlowDistribution
+        and fn.temperature == 1.0
+        and len(fn.event_shape) == 1
+        and fn.event_shape[0] <= STL_JACOBIAN_MAX_DIM
+        and fn.base_dist.event_shape == fn.event_shape
+    ):
+        return fn
+    return None
+
+
+def _base_of_sample(fn: FlowDistribution, value: Tensor) -> Tensor:
+    """The base draw behind a sample of ``fn``, read back from the transforms' caches (no
+    network pass for a sample the flow just drew)."""
+    x = value
+    for t in reversed(fn.transforms):
+        x = t.inv(x)
+    return x
+
+
+def _stl_flow_score(fn: FlowDistribution, value: Tensor, base: Tensor) -> Tensor:
+    r""":math:`\log q_\phi(\bar z)` at the sample :math:`\bar z = T_\phi(\bar\varepsilon)` with
+    the gradient of the score term, computed by forward passes only (no inverse).
+
+    With :math:`\varepsilon(\phi) = T_\phi^{-1}(\bar z)`, the implicit function theorem gives
+    :math:`\partial_\phi \varepsilon = -J^{-1} \partial_\phi T_\phi(\bar\varepsilon)` with
+    :math:`J = \partial T / \partial \varepsilon` at :math:`\bar\varepsilon`. So
+    :math:`\tilde\varepsilon = \bar\varepsilon - J^{-1}\big(T_\phi(\bar\varepsilon) -
+    \overline{T_\phi(\bar\varepsilon)}\big)` equals :math:`\bar\varepsilon` in value and
+    :math:`\varepsilon(\phi)` to first order, and
+    :math:`\log p_0(\tilde\varepsilon) - \log|\det J_{T_\phi}(\tilde\varepsilon)|` has the
+    value and the gradient of :math:`\log q_\phi(\bar z)`. :math:`J` (one batched pass of
+    :math:`D` copies) and the solve are constants of the graph. ``value`` is the sample and
+    ``base`` its base draw (a fixed base: ``value`` is :math:`T_\phi(\bar\varepsilon)` already).
+    """
+    eps = base.detach()
+    dim = eps.shape[-1]
+    with torch.enable_grad():
+        y = value if not base.requires_grad else _flow_forward(fn.transforms, eps)[0]
+        residual = y - y.detach()  # zero in value; carries d T_phi(eps) / d phi
+        copies = eps.expand(dim, *eps.shape).clone().requires_grad_(True)
+        out = _flow_forward(fn.transforms, copies)[0]
+        eye = torch.eye(dim, dtype=out.dtype, device=out.device)
+        eye = eye.reshape(dim, *([1] * (eps.dim() - 1)), dim)
+        (rows,) = torch.autograd.grad((out * eye).sum(), copies)
+        jac = rows.movedim(0, -2)  # jac[..., i, j] = d y_i / d eps_j
+        shift = torch.linalg.solve(jac, residual.unsqueeze(-1)).squeeze(-1)
+        eps_t = eps - shift
+        log_det = _flow_forward(fn.transforms, eps_t)[1]
+        return fn.base_dist.log_prob(eps_t) - log_det
 
 
 class TraceSTL_ELBO(Trace_ELBO):  # noqa: N801 - Pyro's naming (Trace_ELBO, RenyiELBO)
@@ -53,6 +182,19 @@ class TraceSTL_ELBO(Trace_ELBO):  # noqa: N801 - Pyro's naming (Trace_ELBO, Reny
     ``nn.Module`` flows) and costs one more guide pass in the density direction. With
     ``num_particles > 1`` and ``vectorize_particles=True`` the replay is vectorised as well.
 
+    Flow sites (a :class:`~pyroflows.FlowDistribution` over vectors, as in
+    :class:`~pyroflows.AutoFlow`) are not replayed, because the density direction of an IAF is
+    :math:`D` sequential passes: their score comes from forward passes only. The base draw
+    :math:`\bar\varepsilon` is read back from the transforms' cache slots, and by the implicit
+    function theorem :math:`\tilde\varepsilon = \bar\varepsilon - J^{-1}(T_\phi(\bar\varepsilon)
+    - \overline{T_\phi(\bar\varepsilon)})`, with :math:`J` the (constant) Jacobian of the flow
+    at :math:`\bar\varepsilon`, has the value and the first derivative in :math:`\phi` of
+    :math:`T_\phi^{-1}(\bar z)`; so :math:`\log p_0(\tilde\varepsilon) - \log|\det
+    J_{T_\phi}(\tilde\varepsilon)|` has the value and gradient of
+    :math:`\log q_\phi(\bar z)`. Cost: one batched forward pass of :math:`D` copies of each
+    draw for :math:`J`, a :math:`D \times D` solve, one more forward pass (up to
+    ``STL_JACOBIAN_MAX_DIM`` = 1024 dimensions; larger flows are replayed).
+
     Example:
         >>> import torch, pyro, pyro.distributions as dist
         >>> def model():
@@ -73,6 +215,13 @@ class TraceSTL_ELBO(Trace_ELBO):  # noqa: N801 - Pyro's naming (Trace_ELBO, Reny
         )
         if is_validation_enabled():
             check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        # flow sites: their base draws, read from the caches before scoring consumes them
+        flows = {}
+        for name, site in guide_trace.nodes.items():
+            if site["type"] == "sample" and not site["is_observed"] and site["fn"].has_rsample:
+                fn = _fast_flow_site(site)
+                if fn is not None:
+                    flows[name] = (fn, _base_of_sample(fn, site["value"]))
         detached = poutine.Trace()
         for name, site in guide_trace.nodes.items():
             if site["type"] == "sample":
@@ -104,11 +253,15 @@ class TraceSTL_ELBO(Trace_ELBO):  # noqa: N801 - Pyro's naming (Trace_ELBO, Reny
                 and g["fn"].has_rsample
             )
 
-        rescored.compute_log_prob(site_filter=pathwise)
+        rescored.compute_log_prob(site_filter=lambda n, s: pathwise(n, s) and n not in flows)
         score = 0.0
         for site in rescored.nodes.values():
             if "log_prob_sum" in site:
                 score = score + site["log_prob_sum"]
+        for name, (fn, base) in flows.items():
+            site = guide_trace.nodes[name]
+            log_q = _stl_flow_score(fn, site["value"], base)
+            score = score + scale_and_mask(log_q, site["scale"], site["mask"]).sum()
         guide_trace.stl_score = score  # type: ignore[attr-defined]
         return model_trace, guide_trace
 
@@ -209,6 +362,8 @@ def fit_svi(
     optimizer: Any = "adam",
     lr_schedule: Any = None,
     warmup: int = 0,
+    final_check: bool = True,
+    num_check_samples: int = 1000,
     **kwargs: Any,
 ) -> History:
     """Fit ``guide`` (any Pyro guide, e.g. :class:`pyroflows.AutoFlow` or Pyro's autoguides) and
@@ -225,11 +380,21 @@ def fit_svi(
             ``anneal`` steps (:func:`anneal_beta`), via ``pyro.poutine.scale``.
         seed, progress, checkpoint, checkpoint_every, resume, callbacks: as in ``fit``;
             callbacks receive ``(step, history, guide)``.
+        final_check: after training, judge the guide by PSIS (:func:`~pyroflows.psis_diagnostic`
+            from ``num_check_samples`` draws, one vectorised pass where the model allows it) and
+            look for a stalled fit; warn (``RuntimeWarning``) and say so in
+            ``history.message`` when :math:`\\hat k > 0.7` (the guide misses posterior mass,
+            e.g. heavy tails that a training loss does not show), when rollbacks halved the
+            learning rate three times or more, or when the ELBO of the last tenth of the steps
+            is no better than that of the first tenth. The global RNG state is left as it was.
+        num_check_samples: guide draws of the final check (>= 2; k-hat wants a few hundred).
 
     Returns:
         :class:`~pyroflows.infer.History`: ``train_loss`` is the negative ELBO estimate per
         step (``history.elbo`` the ELBO), ``beta`` the inverse temperatures when annealing
-        (while :math:`\\beta < 1` the recorded loss is the tempered one).
+        (while :math:`\\beta < 1` the recorded loss is the tempered one). ``history.final_check``
+        holds the :class:`~pyroflows.PSISDiagnostic` of the final check (``None`` when it was
+        off, the fit diverged or the check could not run; ``history.message`` then says why).
 
     Example:
         >>> import torch, pyro, pyro.distributions as dist
@@ -239,14 +404,24 @@ def fit_svi(
         ...     with pyro.plate("data", len(x)):
         ...         pyro.sample("x", dist.Normal(z, 1.0), obs=x)
         >>> guide = AutoNormal(model)
-        >>> history = fit_svi(model, guide, torch.ones(3), steps=50, seed=0, progress=False)
-        >>> history.steps
-        50
+        >>> history = fit_svi(model, guide, torch.ones(3), steps=100, lr=0.1, seed=0,
+        ...                   progress=False)
+        >>> history.steps, history.final_check.verdict, history.message
+        (100, 'good', '')
     """
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=path")
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1; got {num_particles}")
+    if final_check and (
+        isinstance(num_check_samples, bool)
+        or not isinstance(num_check_samples, int)
+        or num_check_samples < 2
+    ):
+        raise ValueError(
+            f"num_check_samples must be an integer >= 2 (1000 is the default); "
+            f"got {num_check_samples!r}. Pass final_check=False to skip the final check."
+        )
     if isinstance(loss, ELBO):
         elbo = loss
     elif loss in ("elbo", "stl"):
@@ -257,20 +432,15 @@ def fit_svi(
     ckpt = load_checkpoint(checkpoint) if resume else None
     if seed is not None:
         pyro.set_rng_seed(seed)
-    try:
+    if isinstance(loss, ELBO) or num_particles == 1:
         task = _SVITask(model, guide, args, kwargs, elbo, anneal)
-    except Exception as exc:
-        if isinstance(loss, ELBO) or num_particles == 1:
-            raise
-        # the model cannot run vectorised over particles (e.g. Python control flow on sampled
-        # values): loop over the particles instead (a genuine error is raised again here)
-        elbo = type(elbo)(num_particles=num_particles, vectorize_particles=False)
-        task = _SVITask(model, guide, args, kwargs, elbo, anneal)
-        warnings.warn(
-            f"the model does not run vectorised over {num_particles} particles "
-            f"({type(exc).__name__}: {exc}); looping over them instead, which is slower. "
-            "Index latent variables from the right (z[..., 0]) and use pyro.plate to vectorise.",
-            UserWarning,
+    else:
+        looped = type(elbo)(num_particles=num_particles, vectorize_particles=False)
+        task = vectorised_or_loop(
+            lambda: _SVITask(model, guide, args, kwargs, elbo, anneal),
+            lambda: _SVITask(model, guide, args, kwargs, looped, anneal),
+            count=num_particles,
+            what="particles",
             stacklevel=2,
         )
     cfg = LoopConfig(
@@ -287,4 +457,66 @@ def fit_svi(
         seed=0 if seed is None else int(seed),
         desc="fit_svi",
     )
-    return train(task, cfg, ckpt)
+    history = train(task, cfg, ckpt)
+    history.final_check = None  # type: ignore[attr-defined]
+    if final_check and not history.diverged:
+        _final_check(history, model, guide, args, kwargs, num_check_samples)
+    return history
+
+
+#: Rollbacks (each halves the learning rate) from which a finished fit is reported as stalled.
+STALL_ROLLBACKS = 3
+
+
+def _stall(history: History) -> str:
+    """Why the fit looks stalled ("" when it does not)."""
+    reasons = []
+    if history.rollbacks >= STALL_ROLLBACKS:
+        reasons.append(
+            f"{history.rollbacks} rolled-back steps halved the learning rate to "
+            f"{history.final_lr:.3g}"
+        )
+    losses = [v for v in history.train_loss if math.isfinite(v)]
+    if len(losses) >= 50:
+        w = len(losses) // 10
+        first, last = statistics.median(losses[:w]), statistics.median(losses[-w:])
+        if not last < first:
+            reasons.append(
+                f"the ELBO did not improve (median {-first:.4g} over the first {w} steps, "
+                f"{-last:.4g} over the last {w})"
+            )
+    return "; ".join(reasons)
+
+
+def _final_check(
+    history: History, model: Callable, guide: Callable, args: tuple, kwargs: dict, n: int
+) -> None:
+    """PSIS k-hat of the fitted guide and a stall check, into ``history`` (warns on trouble)."""
+    from ..diagnostics.arviz import psis_diagnostic  # diagnostics import infer, not the reverse
+
+    problems = []
+    try:
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # fit_svi already said it loops
+            diag = psis_diagnostic(model, guide, *args, num_samples=n, **kwargs)
+    except Exception as exc:  # the fit stands; only its check failed
+        problems.append(
+            f"the final check could not run ({type(exc).__name__}: {exc}); "
+            "pass final_check=False to skip it"
+        )
+    else:
+        history.final_check = diag  # type: ignore[attr-defined]
+        if diag.k_hat > 0.7:
+            problems.append(
+                f"the fitted guide is unreliable: {diag}. Its importance weights have a heavy "
+                "tail (the guide misses posterior mass); train longer or with a lower lr, try "
+                "loss='stl', more particles or another flow, and check with "
+                "pf.psis_diagnostic(..., num_samples=10000)"
+            )
+    stall = _stall(history)
+    if stall:
+        problems.append(f"the fit stalled: {stall}")
+    if problems:
+        text = "; ".join(problems)
+        history.message = f"{history.message}; {text}" if history.message else text
+        warnings.warn(text, RuntimeWarning, stacklevel=3)
