@@ -33,6 +33,7 @@ from .transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedAu
 from .transforms.base import (
     FlowTransform,
     NonFiniteError,
+    _broadcastable,
     _event_text,
     is_validation_enabled,
     nonfinite_rows,
@@ -84,6 +85,20 @@ class FlowDistribution(dist.TransformedDistribution):
         if value.dim() < n or value.shape[value.dim() - n :] != self.event_shape:
             want = _event_text(self.event_shape)
             raise ValueError(f"Expected data shape {want}; got {tuple(value.shape)}.")
+        if not value.is_floating_point():
+            dtype = self.base_dist.mean.dtype
+            raise TypeError(
+                f"Expected floating-point data; got {value.dtype}. Convert the data first, "
+                f"e.g. x.to({dtype})."
+            )
+        batch = value.shape[: value.dim() - n]
+        if not _broadcastable(batch, self.batch_shape):
+            raise ValueError(
+                f"Expected data whose batch shape broadcasts with the distribution's batch shape "
+                f"{tuple(self.batch_shape)} (the context's rows); got data of shape "
+                f"{tuple(value.shape)}, batch shape {tuple(batch)}. Pass one context row per data "
+                "row, or a single context vector for all rows."
+            )
         if math.isfinite(float(value.detach().sum())):  # one reduction; NaN/Inf poison the sum
             return
         rows = nonfinite_rows(value, n)[:5].tolist()
@@ -94,7 +109,11 @@ class FlowDistribution(dist.TransformedDistribution):
             )
 
     def log_prob(self, value: Tensor) -> Tensor:
+        """Log-density of ``value``; an empty batch (e.g. shape ``(0, D)``) gives an empty result."""
         self._check(value)
+        if not value.numel():  # nothing to score (torch's Independent cannot reshape it)
+            batch = value.shape[: value.dim() - len(self.event_shape)]
+            return value.new_zeros(torch.broadcast_shapes(batch, self.batch_shape))
         return super().log_prob(value)
 
     def expand(self, batch_shape, _instance=None) -> FlowDistribution:
@@ -111,7 +130,12 @@ class FlowDistribution(dist.TransformedDistribution):
         x = self.base_dist.rsample(torch.Size(sample_shape))
         if self.temperature != 1.0:
             x = x * self.temperature
-        lp = self.base_dist.log_prob(x) if _log_prob else None
+        if not _log_prob:
+            lp = None
+        elif x.numel():
+            lp = self.base_dist.log_prob(x)
+        else:  # an empty sample (torch's Independent cannot reshape it)
+            lp = x.new_zeros(x.shape[: x.dim() - len(self.base_dist.event_shape)])
         for t in self.transforms:
             if isinstance(t, FlowTransform):
                 y, ld = t.apply_forward(x, None)
@@ -302,6 +326,14 @@ class Flow(nn.Module):
                 raise ValueError(
                     f"Expected context shape (..., {self.context_dim}); got {tuple(context.shape)}."
                 )
+            if is_validation_enabled() and not math.isfinite(float(context.detach().sum())):
+                rows = nonfinite_rows(context, 1)[:5].tolist()
+                if rows:  # (a finite sum that merely overflowed has no bad rows)
+                    raise NonFiniteError(
+                        f"context contains NaN or Inf (first bad rows {rows}); remove or impute "
+                        "those rows, or wrap the call in pyroflows.validation(False) to get NaN "
+                        "log-densities instead."
+                    )
             ts = [
                 t.condition(context) if isinstance(t, ConditionalTransform) else t
                 for t in self.transforms
@@ -316,6 +348,13 @@ class Flow(nn.Module):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Log-density of data ``x`` (shape ``(..., *event_shape)``)."""
         return self(context).log_prob(x)
+
+    def clear_cache(self) -> None:
+        """Empty every transform's cache slot; needed only after an in-place edit through
+        ``.data`` (e.g. ``p.data.mul_(2)``), which torch's version counters do not record."""
+        for m in self.modules():
+            if isinstance(m, FlowTransform):
+                m.clear_cache()
 
     def sample(
         self,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -45,3 +46,14 @@ def make():
         return obj.to(dtype)
 
     return _make
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Run a block under another torch default dtype, restoring the old one afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)

@@ -48,6 +48,13 @@ REGISTRY: dict[str, Entry] = {
         context_dim=2,
         autoregressive=True,
     ),
+    # one variable: its conditioner output may depend on the context only (issue 10 item 1)
+    "cond_maf_1d": Entry(
+        lambda: T.ConditionalMaskedAutoregressive(1, 1, H),
+        shape=(1,),
+        context_dim=1,
+        autoregressive=True,
+    ),
     "planar": Entry(lambda: T.Planar(3), tol=1e-5),
     "cond_planar": Entry(lambda: T.ConditionalPlanar(3, 2, H), context_dim=2, tol=1e-5),
     "actnorm": Entry(lambda: T.ActNorm(3)),
@@ -116,6 +123,9 @@ REGISTRY: dict[str, Entry] = {
     "MAF_diag_base": Entry(lambda: pf.MAF(3, 2, H, base="diag"), is_flow=True),
     "cond_MAF": Entry(lambda: pf.MAF(3, 2, H, context_dim=2), is_flow=True, context_dim=2),
     "cond_IAF": Entry(lambda: pf.IAF(3, 2, H, context_dim=2), is_flow=True, context_dim=2),
+    "cond_IAF_1d": Entry(
+        lambda: pf.IAF(1, 2, H, context_dim=1), shape=(1,), is_flow=True, context_dim=1
+    ),
     "cond_RealNVP": Entry(lambda: pf.RealNVP(3, 2, H, context_dim=2), is_flow=True, context_dim=2),
     "cond_Glow": Entry(lambda: pf.Glow(3, 2, H, context_dim=2), is_flow=True, context_dim=2),
     "cond_Planar": Entry(

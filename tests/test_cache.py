@@ -78,3 +78,118 @@ def test_a_transform_with_a_filled_slot_can_be_deep_copied():
     t(torch.randn(3, 2, requires_grad=True))
     clone = copy.deepcopy(t)
     assert clone._slot is None and t._slot is not None
+
+
+# ---- issue 10 item 2: contexts and parameters changed behind the slot's back -----------------
+def test_context_changed_in_place_between_rsample_and_log_prob_is_not_served_stale():
+    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    perturb(flow)
+    c = torch.randn(4, 2)
+    d = flow(c)
+    x = d.rsample()
+    c.fill_(5.0)  # same tensor, new values
+    scored = flow(c).log_prob(x)  # first: the slot still holds the pass with the old values
+    torch.testing.assert_close(scored, flow(c.clone()).log_prob(x))
+    x = d.rsample()
+    c.add_(1.0)
+    scored = d.log_prob(x)  # the distribution built before the edit
+    torch.testing.assert_close(scored, flow(c.clone()).log_prob(x))
+
+
+def _same_values_as_a_fresh_copy(flow, x, value):
+    import copy
+
+    torch.testing.assert_close(value, copy.deepcopy(flow).log_prob(x))  # a copy has no slot
+
+
+def test_parameter_replaced_through_data_is_detected():
+    flow = pf.IAF(3, 2, (8,))
+    perturb(flow)
+    x, _ = flow.rsample_and_log_prob((5,))
+    p = flow.transforms[0].conditioner.net[0].weight
+    p.data = 2 * p.detach().clone()  # new storage, no version bump
+    _same_values_as_a_fresh_copy(flow, x, flow.log_prob(x))
+
+
+def test_vector_to_parameters_is_detected():
+    from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+    flow = pf.IAF(3, 2, (8,))
+    perturb(flow)
+    x, _ = flow.rsample_and_log_prob((5,))
+    with torch.no_grad():
+        vector_to_parameters(1.1 * parameters_to_vector(flow.parameters()), flow.parameters())
+    _same_values_as_a_fresh_copy(flow, x, flow.log_prob(x))
+
+
+def test_replaced_parameter_and_submodule_are_detected_without_hooks():
+    t = T.Coupling(2, (8,))
+    perturb(t)
+    x = torch.randn(3, 2)
+    y1 = t(x)
+    last = t.conditioner[-1]
+    last.bias = torch.nn.Parameter(last.bias.detach() + 1.0)  # replaced, version 0 again
+    y2 = t(x)
+    assert not torch.allclose(y1, y2)
+    t.conditioner = T.Coupling(2, (8,)).conditioner  # a whole new (identity) conditioner
+    torch.testing.assert_close(t(x), x)
+
+
+def test_importing_pyroflows_installs_no_module_registration_hooks():
+    from torch.nn.modules import module
+
+    for name in (
+        "_global_parameter_registration_hooks",
+        "_global_buffer_registration_hooks",
+        "_global_module_registration_hooks",
+    ):
+        hooks = getattr(module, name, {}).values()
+        assert not [h for h in hooks if getattr(h, "__module__", "").startswith("pyroflows")]
+
+
+def test_in_place_data_edit_of_a_parameter_needs_clear_cache():
+    """The documented route: ``.data`` edits bypass version counters; clear_cache() after them."""
+    flow = pf.IAF(3, 2, (8,))
+    perturb(flow)
+    x, _ = flow.rsample_and_log_prob((5,))
+    flow.transforms[0].conditioner.net[0].weight.data.mul_(2.0)
+    flow.clear_cache()
+    _same_values_as_a_fresh_copy(flow, x, flow.log_prob(x))
+    t = T.Coupling(2, (8,))
+    perturb(t)
+    v = torch.randn(3, 2)
+    t(v)
+    t.conditioner[-1].bias.data.add_(1.0)
+    t.clear_cache()
+    torch.testing.assert_close(t(v), t.forward_and_log_det(v)[0])
+
+
+def test_in_place_data_edit_of_the_input_needs_clear_cache():
+    t = T.ElementwiseAffine(2)
+    with torch.no_grad():
+        t.shift.fill_(1.0)
+    x = torch.ones(2)
+    t(x)
+    x.data.add_(1.0)
+    t.clear_cache()
+    torch.testing.assert_close(t(x), torch.full((2,), 3.0), check_dtype=False)
+
+
+def test_the_slot_has_named_fields():
+    t = T.Coupling(2, (8,))
+    x = torch.randn(3, 2)
+    y = t(x)
+    slot = t._slot
+    assert isinstance(slot, pf.transforms.base.Slot)
+    assert slot.x is x and slot.y is y and slot.context is None
+    assert slot.versions == (x._version, y._version, -1)
+
+
+def test_torch_func_transforms_still_work():
+    """The key reads storage pointers; torch.func's wrapped tensors have none."""
+    t = T.MaskedAutoregressive(3, (8,))
+    perturb(t)
+    x = torch.randn(4, 3)
+    params = dict(t.named_parameters())
+    grads = torch.func.grad(lambda p: torch.func.functional_call(t, p, (x,)).sum())(params)
+    assert set(grads) == set(params)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import context_for, perturb
+from conftest import context_for, default_dtype, perturb
 from registry import REGISTRY
 
 import pyroflows as pf
@@ -13,6 +13,7 @@ from pyroflows.diagnostics.checks import _forward, roundtrip_errors, steps_of
 IDS = sorted(REGISTRY)
 FLOW_IDS = [k for k in IDS if REGISTRY[k].is_flow]
 TRANSFORM_IDS = [k for k in IDS if not REGISTRY[k].is_flow]
+CONDITIONAL_IDS = [k for k in IDS if REGISTRY[k].context_dim]
 
 
 def _x(entry, batch=(4,), dtype=torch.float64):
@@ -204,3 +205,110 @@ def test_log_prob_on_same_tensor_in_consecutive_steps(key, make):
     y = flow.sample((), ctx)
     flow.log_prob(y, ctx).sum().backward()
     flow.log_prob(y, ctx).sum().backward()
+
+
+# ---- conditional entries: the context reaches every output (issue 10 item 1) ------------------
+# The conditioner networks of pyroflows transforms, by attribute name. Each takes the context as
+# its last positional argument (Planar's hypernetwork takes nothing else).
+CONDITIONER_NAMES = ("conditioner", "hypernet", "vector_field")
+
+
+def _conditioner_calls(obj, run) -> dict:
+    """``name -> (module, args)`` of the first call of every conditioner inside ``obj`` during
+    ``run()``, for those that take a context."""
+    calls, handles = {}, []
+    for name, module in obj.named_modules():
+        if name.rsplit(".", 1)[-1] not in CONDITIONER_NAMES:
+            continue
+        takes_context = name.endswith("hypernet") or getattr(module, "context_dim", 0) > 0
+
+        def hook(mod, args, name=name, takes_context=takes_context):
+            if takes_context and name not in calls:
+                calls[name] = (mod, tuple(a.detach() if torch.is_tensor(a) else a for a in args))
+
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return calls
+
+
+def _run_density(entry, obj, x, ctx):
+    if entry.is_flow:
+        return obj.log_prob(x, ctx)
+    z, ld = obj.inverse_and_log_det(x, ctx)  # data -> base, forward log-det at z
+    n = len(entry.shape)
+    return -0.5 * z.pow(2).flatten(z.dim() - n).sum(-1) - ld
+
+
+@pytest.mark.parametrize("key", CONDITIONAL_IDS)
+def test_every_conditioner_output_depends_on_the_context(key, make):
+    """No output of a conditional conditioner is a constant of the context (MADE's first
+    variable was, so a 1-D conditional MAF ignored its context)."""
+    entry = REGISTRY[key]
+    obj = make(entry, torch.float64)
+    x, ctx = _x(entry, (8,)), context_for(entry, (8,), torch.float64)
+    calls = _conditioner_calls(obj, lambda: _run_density(entry, obj, x, ctx))
+    assert calls, "no conditioner saw the context"
+    for name, (module, args) in calls.items():
+        c = args[-1]
+        jac = torch.autograd.functional.jacobian(lambda v, m=module, a=args: m(*a[:-1], v), c)
+        rows = c.shape[0]
+        jac = jac.reshape(rows, -1, rows, c.shape[-1])  # (row, output, row', context)
+        own = jac[torch.arange(rows), :, torch.arange(rows)]  # each row's own context
+        dead = (own.abs().amax(dim=(0, 2)) == 0).nonzero().flatten().tolist()
+        assert not dead, f"{name}: outputs {dead} do not depend on the context"
+
+
+@pytest.mark.parametrize("key", CONDITIONAL_IDS)
+def test_log_prob_depends_on_the_context_of_each_row(key, make):
+    entry = REGISTRY[key]
+    obj = make(entry, torch.float64)
+    x = _x(entry, (4,))
+    ctx = context_for(entry, (4,), torch.float64).requires_grad_()
+    lp = _run_density(entry, obj, x, ctx)
+    (grad,) = torch.autograd.grad(lp.sum(), ctx, allow_unused=True)
+    assert grad is not None, "log_prob ignores the context"
+    assert (grad.abs().sum(-1) > 0).all(), grad
+
+
+# ---- dtype and batch edge cases ----------------------------------------------------------------
+@pytest.mark.parametrize("key", IDS)
+def test_built_under_a_float64_default_everything_is_float64(key):
+    """Parameters and buffers follow the default dtype (LULinear used to build float32)."""
+    entry = REGISTRY[key]
+    with default_dtype(torch.float64):
+        obj = entry.factory()
+        perturb(obj)
+        tensors = [*obj.named_parameters(), *obj.named_buffers()]
+        wrong = [n for n, t in tensors if t.is_floating_point() and t.dtype != torch.float64]
+        assert not wrong, f"not float64: {wrong}"
+        ctx = context_for(entry, (4,))
+        x = _x(entry)
+        if entry.is_flow:
+            lp = obj.log_prob(x, ctx)
+            assert lp.dtype == torch.float64 and torch.isfinite(lp).all()
+            assert obj.sample((2,), ctx).dtype == torch.float64
+        else:
+            t = obj.condition(ctx) if entry.context_dim else obj
+            y = t(x)
+            assert y.dtype == torch.float64
+            assert t.log_abs_det_jacobian(x, y).dtype == torch.float64
+
+
+@pytest.mark.parametrize("key", FLOW_IDS)
+def test_empty_batch(key):
+    """A batch of no rows scores to an empty result and does not touch the flow's state."""
+    entry = REGISTRY[key]
+    flow = entry.factory()  # fresh: ActNorm must not initialise itself from zero rows
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    empty = torch.randn(0, *entry.shape)
+    assert flow.log_prob(empty, context_for(entry, (0,))).shape == (0,)
+    if entry.context_dim:
+        assert flow.log_prob(empty, context_for(entry)).shape == (0,)
+    for k, v in flow.state_dict().items():
+        torch.testing.assert_close(v, before[k], msg=k)
+    x, lp = flow.rsample_and_log_prob((0,), context_for(entry))
+    assert x.shape == (0, *entry.shape) and lp.shape == (0,)

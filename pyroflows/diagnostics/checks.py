@@ -145,6 +145,21 @@ def check_flow(
         >>> report.passed
         True
     """
+    context_dim = max((t.context_dim for t, _ in steps_of(flow)), default=0)
+    if context_dim and context is None:
+        raise ValueError(
+            f"check_flow: this flow is conditional (context_dim={context_dim}); pass "
+            f"context=..., one row per point (shape (num_points, {context_dim})) or one "
+            f"vector for all (shape ({context_dim},))."
+        )
+    if context is not None:
+        if not context_dim:
+            raise ValueError("check_flow: this flow is unconditional; do not pass a context.")
+        if not isinstance(context, Tensor) or context.shape[-1:] != (context_dim,):
+            got = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(
+                f"check_flow: expected a context of shape (..., {context_dim}); got {got}."
+            )
     model = copy.deepcopy(flow).double().eval()
     if isinstance(model, FlowTransform):
         model.clear_cache()

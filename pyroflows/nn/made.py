@@ -27,15 +27,22 @@ class MaskedLinear(nn.Linear):
 class MADE(nn.Module):
     r"""Masked autoencoder for distribution estimation [1]: outputs ``num_params`` parameters per
     input dimension, where the parameters of dimension :math:`i` depend only on the inputs that
-    precede it in ``order`` (and on the context, which feeds every hidden unit).
+    precede it in ``order`` and on the context.
+
+    Each hidden unit gets a degree :math:`m` and sees the inputs of degree :math:`\le m`; an
+    output of degree :math:`d` sees the hidden units of degree :math:`< d`. Without a context the
+    hidden degrees run over :math:`1, \dots, D-1`. With a context they run over
+    :math:`0, \dots, D-1`: units of degree 0 see the context only and feed every output, so the
+    first dimension in the order (degree 1, which no input may reach) depends on the context too,
+    and every other unit sees the context as well.
 
     The output has shape ``(..., num_params, input_dim)``; the last layer is zero-initialised so
     that an autoregressive transform built on it starts as the identity.
 
     Args:
         input_dim: number of autoregressive inputs :math:`D`.
-        hidden_dims: sizes of the hidden layers (each at least ``input_dim - 1`` for full
-            connectivity).
+        hidden_dims: sizes of the hidden layers (each at least ``input_dim - 1``, or
+            ``input_dim`` with a context, for full connectivity).
         num_params: parameters per dimension (2 for an affine transformer).
         context_dim: size of the context vector (0: no context).
         order: a permutation of ``range(input_dim)`` giving the autoregressive order
@@ -52,6 +59,12 @@ class MADE(nn.Module):
         torch.Size([5, 2, 3])
         >>> made.degrees.tolist()
         [2, 3, 1]
+        >>> cond = MADE(2, hidden_dims=(4,), num_params=1, context_dim=1)
+        >>> cond.net[0].mask   # hidden degrees 0, 1, 0, 1; columns: x0, x1, context
+        tensor([[0., 0., 1.],
+                [1., 0., 1.],
+                [0., 0., 1.],
+                [1., 0., 1.]])
     """
 
     def __init__(
@@ -80,13 +93,18 @@ class MADE(nn.Module):
         self.register_buffer("order", order_t)
 
         layers: list[nn.Module] = []
+        dtype = torch.get_default_dtype()
+        # the context has degree 0: every hidden unit sees it, and so does every output
         d_in = torch.cat([degrees, torch.zeros(context_dim, dtype=torch.long)])
         for h in hidden_dims:
-            d_h = torch.arange(h) % max(1, input_dim - 1) + 1
-            layers += [MaskedLinear((d_h[:, None] >= d_in[None, :]).float()), activation()]
+            if context_dim:  # degree-0 units (context only) feed the first variable's outputs
+                d_h = torch.arange(h) % input_dim
+            else:
+                d_h = torch.arange(h) % max(1, input_dim - 1) + 1
+            layers += [MaskedLinear((d_h[:, None] >= d_in[None, :]).to(dtype)), activation()]
             d_in = d_h
         d_out = degrees.repeat(num_params)
-        last = MaskedLinear((d_out[:, None] > d_in[None, :]).float())
+        last = MaskedLinear((d_out[:, None] > d_in[None, :]).to(dtype))
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         layers.append(last)

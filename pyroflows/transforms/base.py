@@ -12,13 +12,27 @@ Both return the log-determinant of the *forward* map evaluated at ``x``, so
 
 The cache slot
 --------------
-Each transform keeps exactly one slot, ``(x, y, log_det, key, context, versions)``, written by whichever
-direction ran last. ``_call(x)`` returns the cached ``y`` when ``x`` is the cached input (and the reverse for
-``_inverse``), so scoring a sample of the same flow never inverts numerically. The key holds the
-parameters' and buffers' version counters and the grad mode, and the context must be the very same
-tensor, so an optimiser step, a new context or a ``.double()`` invalidates it. ``log_abs_det_jacobian`` *consumes* the slot: the log-det is handed
-out once, so a graph freed by ``backward()`` is never reused ("backward through the graph a second
-time" cannot happen, unlike Pyro's own flows).
+Each transform keeps exactly one slot, a :class:`Slot` ``(x, y, log_det, context, key,
+versions)``, written by whichever direction ran last. ``_call(x)`` returns the cached ``y`` when
+``x`` is the cached input (and the reverse for ``_inverse``), so scoring a sample of the same flow
+never inverts numerically. A hit needs the very same ``x``/``y`` and context tensors, unmodified
+since (their in-place version counters, so ``c.fill_(5.0)`` between ``rsample`` and ``log_prob``
+recomputes), and the same :meth:`FlowTransform._key`: the identity, version counter and storage
+of every parameter and buffer, and the grad mode. So an optimiser step, ``p.data = ...``
+(``torch.nn.utils.vector_to_parameters``), a new or edited context, a replaced submodule or a
+``.double()`` all invalidate it. ``log_abs_det_jacobian`` *consumes* the slot: the log-det is
+handed out once, so a graph freed by ``backward()`` is never reused ("backward through the graph
+a second time" cannot happen, unlike Pyro's own flows).
+
+One kind of edit cannot be seen: an in-place change made through ``.data`` (``p.data.mul_(2)``,
+``x.data.add_(1)``), which bypasses torch's version counters. After such an edit call
+``clear_cache()`` on the transform (or on the :class:`~pyroflows.Flow`), or make the edit under
+``torch.no_grad()`` without ``.data``, which is seen.
+
+Validation
+----------
+:func:`validation` switches the checks for the current thread only: a ``validation(False)`` block
+in one thread never turns them off in another, and each block restores what it found.
 """
 
 from __future__ import annotations
@@ -27,30 +41,35 @@ import contextlib
 import functools
 import math
 import operator
+import threading
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 from pyro.distributions.conditional import ConditionalTransformModule
 from pyro.distributions.torch_transform import TransformModule
-from torch import Tensor
+from torch import Tensor, nn
 from torch.distributions import Transform, constraints
-from torch.nn.modules.module import (
-    register_module_buffer_registration_hook,
-    register_module_module_registration_hook,
-    register_module_parameter_registration_hook,
-)
 
 __all__ = [
     "ConditionalFlowTransform",
     "ConditionedTransform",
     "FlowTransform",
     "NonFiniteError",
+    "Slot",
     "is_validation_enabled",
     "nonfinite_rows",
     "validation",
 ]
 
-_VALIDATE = True
+
+class _Validation(threading.local):
+    """Per-thread switch of the checks (a new thread starts with them on)."""
+
+    enabled = True
+
+
+_VALIDATION = _Validation()
 
 
 class NonFiniteError(FloatingPointError):
@@ -58,13 +77,16 @@ class NonFiniteError(FloatingPointError):
 
 
 def is_validation_enabled() -> bool:
-    """Whether transforms check shapes, dtypes and finiteness (on by default)."""
-    return _VALIDATE
+    """Whether transforms check shapes, dtypes and finiteness in this thread (on by default)."""
+    return _VALIDATION.enabled
 
 
 @contextlib.contextmanager
 def validation(enabled: bool) -> Iterator[None]:
     """Context manager that switches input/output checks of every transform on or off.
+
+    The switch is thread-local: it applies to the calling thread only, and the block restores
+    that thread's previous setting on exit (blocks nest).
 
     Example:
         >>> with validation(False):
@@ -73,12 +95,11 @@ def validation(enabled: bool) -> Iterator[None]:
         >>> is_validation_enabled()
         True
     """
-    global _VALIDATE
-    old, _VALIDATE = _VALIDATE, bool(enabled)
+    old, _VALIDATION.enabled = _VALIDATION.enabled, bool(enabled)
     try:
         yield
     finally:
-        _VALIDATE = old
+        _VALIDATION.enabled = old
 
 
 def nonfinite_rows(v: Tensor, event_dims: int) -> Tensor:
@@ -92,6 +113,11 @@ def nonfinite_rows(v: Tensor, event_dims: int) -> Tensor:
     return torch.nonzero(~torch.isfinite(events).all(1)).reshape(-1)
 
 
+def _broadcastable(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Whether two batch shapes broadcast (torch's rule), without building a tensor."""
+    return all(i == j or i == 1 or j == 1 for i, j in zip(reversed(a), reversed(b), strict=False))
+
+
 def _event_text(shape: torch.Size) -> str:
     return "(..., " + ", ".join(map(str, shape)) + ")"
 
@@ -101,20 +127,73 @@ def _constraint(event_dim: int) -> constraints.Constraint:
     return constraints.independent(constraints.real, event_dim)
 
 
-# A token replaced whenever any module registers (or replaces) a parameter, buffer or submodule.
-# Each transform caches the list of its tensors with the token it saw, so the slot key (their
-# version counters) costs a tuple of attribute reads instead of a walk of the module tree.
-_STRUCTURE: list[object] = [object()]
 _VERSION = operator.attrgetter("_version")
+_DATA_PTR = Tensor.data_ptr
 
 
-def _structure_changed(*_: object) -> None:
-    _STRUCTURE[0] = object()
+def _storages(tensors: list[Tensor]) -> tuple[int, ...] | None:
+    """Data pointers of ``tensors`` (``p.data = ...`` changes them, not the version counter);
+    ``None`` where some tensor has no storage (``torch.func`` wrappers), so the key relies on
+    identities and versions alone there."""
+    try:
+        return tuple(map(_DATA_PTR, tensors))
+    except RuntimeError:
+        return None
 
 
-register_module_parameter_registration_hook(_structure_changed)
-register_module_buffer_registration_hook(_structure_changed)
-register_module_module_registration_hook(_structure_changed)
+def _tree_dicts(module: nn.Module, out: list[dict]) -> list[dict]:
+    """The non-empty ``_parameters``, ``_buffers`` and ``_modules`` dicts of ``module``'s tree."""
+    out += [d for d in (module._parameters, module._buffers, module._modules) if d]
+    for child in module._modules.values():
+        if child is not None:
+            _tree_dicts(child, out)
+    return out
+
+
+class _Tree:
+    """A transform's parameters and buffers, with the registration entries they came from.
+
+    Compared by identity (the default): a slot key holds the tree it was computed on, and a
+    change of structure builds a new tree, so the old key no longer matches.
+    """
+
+    __slots__ = ("dicts", "members", "reference", "tensors")
+
+    def __init__(self, module: nn.Module) -> None:
+        self.dicts = _tree_dicts(module, [])  # the non-empty registration dicts of the tree
+        self.members = [v for d in self.dicts for v in d.values()]  # what they held, in order
+        self.tensors = [v for v in self.members if isinstance(v, Tensor)]
+        # the first parameter: the transform's dtype and device
+        self.reference = next((t for t in self.tensors if isinstance(t, nn.Parameter)), None)
+
+    def unchanged(self) -> bool:
+        """Whether the dicts still hold exactly the same objects (one flat read)."""
+        now = [v for d in self.dicts for v in d.values()]
+        return len(now) == len(self.members) and all(map(operator.is_, now, self.members))
+
+
+def _version_of(t: Tensor | None) -> int:
+    return -1 if t is None else t._version
+
+
+class Slot(NamedTuple):
+    """The one cache slot of a transform: the latest pass and what it depended on.
+
+    Attributes:
+        x: base-side tensor of the pass.
+        y: data-side tensor of the pass.
+        log_det: ``log|det dy/dx|`` at ``x`` (handed out once).
+        context: the context tensor of the pass (``None`` if unconditional).
+        key: :meth:`FlowTransform._key` when stored (parameters, buffers, grad mode).
+        versions: in-place version counters of ``x``, ``y`` and ``context`` when stored.
+    """
+
+    x: Tensor
+    y: Tensor
+    log_det: Tensor
+    context: Tensor | None
+    key: tuple
+    versions: tuple[int, int, int]
 
 
 class FlowTransform(TransformModule):
@@ -137,7 +216,7 @@ class FlowTransform(TransformModule):
         self.event_shape = torch.Size(event_shape)
         self.output_shape = self.event_shape
         self.context_dim = int(context_dim)
-        self._slot: tuple | None = None
+        self._slot: Slot | None = None
 
     # ---- what subclasses implement -------------------------------------------------------
     def forward_and_log_det(
@@ -171,86 +250,120 @@ class FlowTransform(TransformModule):
         return self.log_det_for(x, y, None)
 
     # ---- the slot ------------------------------------------------------------------------
-    def _state_tensors(self) -> tuple[tuple[Tensor, ...], int]:
-        """``(parameters + buffers, number of parameters)``, cached until modules change.
+    def _tree(self) -> _Tree:
+        """This transform's module tree, rebuilt when any registration entry below changed.
 
-        The cache is dropped by ``_apply`` (``.to()``, ``.double()``) and whenever any module
-        registers or replaces a parameter, buffer or submodule (torch's global registration
-        hooks); deleting one with ``del`` is not seen, so call :meth:`clear_cache` after that.
+        No hook on torch: the tree keeps the registration dicts it was read from and the objects
+        they held, and is reused only while they hold exactly the same ones, so a parameter,
+        buffer or submodule replaced or deleted anywhere below, or added beside existing ones, is
+        seen at the next pass.
         """
-        cached = self.__dict__.get("_tensors_cache")
-        token = _STRUCTURE[0]
-        if cached is None or cached[0] is not token:
-            params = tuple(self.parameters())
-            cached = (token, params + tuple(self.buffers()), len(params))
-            self.__dict__["_tensors_cache"] = cached
-        return cached[1], cached[2]
+        tree = self.__dict__.get("_tree_cache")
+        if tree is None or not tree.unchanged():
+            tree = self.__dict__["_tree_cache"] = _Tree(self)
+        return tree
+
+    def _state_tensors(self) -> list[Tensor]:
+        """Every parameter and buffer of this transform's module tree."""
+        return self._tree().tensors
 
     def _key(self, context: Tensor | None) -> tuple:
-        return (tuple(map(_VERSION, self._state_tensors()[0])), torch.is_grad_enabled())
+        """What a cached pass depends on besides its inputs: the module tree (which parameters,
+        buffers and submodules), the version counter and storage of every parameter and buffer,
+        and the grad mode. Subclasses with settings that change the map (e.g. ODE solver
+        tolerances) extend it."""
+        tree = self._tree()
+        return (
+            tree,
+            tuple(map(_VERSION, tree.tensors)),
+            _storages(tree.tensors),
+            torch.is_grad_enabled(),
+        )
 
     def clear_cache(self) -> None:
-        """Empty the cache slot."""
-        self._slot = None
-        self.__dict__.pop("_tensors_cache", None)
+        """Empty the cache slot.
 
-    def _hit(self, x: Tensor | None, y: Tensor | None, context: Tensor | None) -> tuple | None:
-        """The slot if it holds this very ``x`` and/or ``y`` (unmodified) and is still valid."""
+        Needed after an in-place edit through ``.data`` (``p.data.mul_(2)``,
+        ``x.data.add_(1)``), which torch's version counters do not record; optimiser steps,
+        ``p.data = ...``, replaced parameters or submodules and edited inputs or contexts are
+        detected without it.
+
+        Example:
+            >>> from pyroflows.transforms import ElementwiseAffine
+            >>> t = ElementwiseAffine(1)
+            >>> x = torch.ones(1)
+            >>> t(x)
+            tensor([1.], grad_fn=<...>)
+            >>> _ = t.shift.data.add_(1.0)   # invisible to the slot
+            >>> t.clear_cache(); t(x)
+            tensor([2.], grad_fn=<...>)
+        """
+        self._slot = None
+        self.__dict__.pop("_tree_cache", None)
+
+    def _hit(
+        self, x: Tensor | None, y: Tensor | None, context: Tensor | None, key: tuple
+    ) -> Slot | None:
+        """The slot if it holds this very ``x`` and/or ``y`` (unmodified) and ``key`` still holds."""
         slot = self._slot
         if (
             slot is None
-            or (x is not None and slot[0] is not x)
-            or (y is not None and slot[1] is not y)
-            or slot[4] is not context
-            or slot[5] != (slot[0]._version, slot[1]._version)  # modified in place since
-            or slot[3] != self._key(context)
+            or (x is not None and slot.x is not x)
+            or (y is not None and slot.y is not y)
+            or slot.context is not context
+            or slot.versions != (slot.x._version, slot.y._version, _version_of(context))
+            or slot.key != key
         ):
             return None
         return slot
 
-    def _store(self, x: Tensor, y: Tensor, ld: Tensor, context: Tensor | None) -> None:
-        self._slot = (x, y, ld, self._key(context), context, (x._version, y._version))
+    def _store(self, x: Tensor, y: Tensor, ld: Tensor, context: Tensor | None, key: tuple) -> None:
+        versions = (x._version, y._version, _version_of(context))
+        self._slot = Slot(x, y, ld, context, key, versions)
 
+    # The key is taken before the pass: a pass that changes the state (ActNorm's data-dependent
+    # initialisation) leaves a slot that no longer matches, so it is recomputed, never reused.
     def apply_forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """Forward pass through the slot: returns ``(y, log_det)`` and caches them."""
-        slot = self._hit(x, None, context)
+        key = self._key(context)
+        slot = self._hit(x, None, context, key)
         if slot is not None:
-            return slot[1], slot[2]
+            return slot.y, slot.log_det
         self._check_input(x, context, "forward")
         y, ld = self.forward_and_log_det(x, context)
-        self._check_output(x, y, ld, "forward")
-        self._store(x, y, ld, context)
+        self._check_output(x, y, ld, "forward", context)
+        self._store(x, y, ld, context, key)
         return y, ld
 
     def apply_inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         """Inverse pass through the slot: returns ``(x, log_det)`` and caches them."""
-        slot = self._hit(None, y, context)
+        key = self._key(context)
+        slot = self._hit(None, y, context, key)
         if slot is not None:
-            return slot[0], slot[2]
+            return slot.x, slot.log_det
         self._check_input(y, context, "inverse")
         x, ld = self.inverse_and_log_det(y, context)
-        self._check_output(y, x, ld, "inverse")
-        self._store(x, y, ld, context)
+        self._check_output(y, x, ld, "inverse", context)
+        self._store(x, y, ld, context, key)
         return x, ld
 
     def log_det_for(self, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
         """Log-det for a pair ``(x, y)``: taken (once) from the slot, else recomputed."""
-        slot = self._hit(x, y, context)
+        slot = self._hit(x, y, context, self._key(context)) if self._slot is not None else None
         self._slot = None
         if slot is not None:
-            return slot[2]
+            return slot.log_det
         ld = self.forward_and_log_det(x, context)[1]
         return ld
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .double(), .cuda() invalidate the slot
         self._slot = None
-        self.__dict__.pop("_tensors_cache", None)
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self) -> dict:  # deepcopy/pickle: the slot may hold graph tensors
         state = super().__getstate__()
         state["_slot"] = None
-        state.pop("_tensors_cache", None)
+        state.pop("_tree_cache", None)
         return state
 
     # ---- validation ----------------------------------------------------------------------
@@ -258,11 +371,13 @@ class FlowTransform(TransformModule):
         return type(self).__name__
 
     def _reference(self) -> Tensor | None:
-        tensors, n_params = self._state_tensors()
-        return tensors[0] if n_params else None
+        """The first parameter (its dtype and device are the transform's), if any, as of the
+        last tree read (every pass reads it first, through :meth:`_key`)."""
+        tree = self.__dict__.get("_tree_cache")
+        return (tree if tree is not None else self._tree()).reference
 
     def _check_input(self, v: Tensor, context: Tensor | None, direction: str) -> None:
-        if not _VALIDATE:
+        if not _VALIDATION.enabled:
             return
         name = self._layer_name()
         if not isinstance(v, Tensor):
@@ -277,6 +392,11 @@ class FlowTransform(TransformModule):
             )
         ref = self._reference()
         if ref is not None:
+            if not v.is_floating_point():
+                raise TypeError(
+                    f"{name}: got {v.dtype} input; flows need floating-point data, convert it "
+                    f"first, e.g. x.to({ref.dtype})."
+                )
             if v.dtype != ref.dtype:
                 raise TypeError(
                     f"{name}: got {v.dtype} input for a {ref.dtype} transform; convert one of "
@@ -301,11 +421,27 @@ class FlowTransform(TransformModule):
             if ref is not None and (context.dtype != ref.dtype or context.device != ref.device):
                 raise TypeError(
                     f"{name}: context is {context.dtype} on {context.device} but the transform "
-                    f"is {ref.dtype} on {ref.device}; convert the context first."
+                    f"is {ref.dtype} on {ref.device}; convert the context first, e.g. "
+                    f"context.to({ref.dtype})."
+                )
+            batch, cbatch = v.shape[: v.dim() - n], context.shape[:-1]
+            if not _broadcastable(batch, cbatch):
+                raise ValueError(
+                    f"{name}: the input's batch shape {tuple(batch)} does not broadcast with the "
+                    f"context's batch shape {tuple(cbatch)}; expected batch shapes that "
+                    f"broadcast, e.g. one context row per input row (context shape "
+                    f"{(*batch, self.context_dim)}) or one context of shape ({self.context_dim},)."
                 )
 
-    def _check_output(self, inp: Tensor, out: Tensor, ld: Tensor, direction: str) -> None:
-        if not _VALIDATE:
+    def _check_output(
+        self,
+        inp: Tensor,
+        out: Tensor,
+        ld: Tensor,
+        direction: str,
+        context: Tensor | None = None,
+    ) -> None:
+        if not _VALIDATION.enabled:
             return
         # Fast path: one reduction per tensor and a single host sync. NaN/Inf anywhere makes
         # the sum non-finite; a sum that merely overflows falls through to the exact check.
@@ -321,8 +457,16 @@ class FlowTransform(TransformModule):
                 f"{name} ({direction}): the input contains NaN or Inf (first bad rows {rows}); "
                 "remove or impute those rows before calling the flow."
             )
+        if context is not None:
+            rows = nonfinite_rows(context, 1)[:5].tolist()
+            if rows:
+                raise NonFiniteError(
+                    f"{name} ({direction}): the context contains NaN or Inf (first bad rows "
+                    f"{rows}); remove or impute those rows before calling the flow."
+                )
         raise NonFiniteError(
-            f"{name} ({direction}): produced NaN or Inf from a finite input. The parameters may "
+            f"{name} ({direction}): produced NaN or Inf from a finite input"
+            f"{' and context' if context is not None else ''}. The parameters may "
             "have diverged (lower the learning rate, clip gradients) or the input lies far outside "
             "the training data (an exploding inverse); see pyroflows.check_flow."
         )

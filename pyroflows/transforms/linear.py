@@ -171,6 +171,8 @@ class ActNorm(ElementwiseAffine):
     def _mark(self, y: Tensor, data: bool) -> None:
         if not bool(self.initialized):
             if data and self.training:
+                if not y.numel():  # an empty batch says nothing: wait for data
+                    return
                 self._initialize(y)
             self.initialized.fill_(True)
 
@@ -205,12 +207,13 @@ class LULinear(_FeatureAxis):
         q = torch.linalg.qr(torch.randn(features, features, dtype=torch.float64))[0]
         p, lower, upper = torch.linalg.lu(q)
         diag = torch.diagonal(upper)
-        self.register_buffer("permutation", p.float())
-        self.register_buffer("diag_sign", torch.sign(diag).float())
+        dtype = torch.get_default_dtype()  # factors are drawn in float64, stored like any layer
+        self.register_buffer("permutation", p.to(dtype))
+        self.register_buffer("diag_sign", torch.sign(diag).to(dtype))
         self.register_buffer("l_mask", torch.tril(torch.ones(features, features), -1))
-        self.lower = nn.Parameter(lower.float())
-        self.upper = nn.Parameter(torch.triu(upper, 1).float())
-        self.log_diag = nn.Parameter(diag.abs().log().float())
+        self.lower = nn.Parameter(lower.to(dtype))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(dtype))
+        self.log_diag = nn.Parameter(diag.abs().log().to(dtype))
 
     def _factors(self) -> tuple[Tensor, Tensor]:
         eye = torch.eye(self.features, dtype=self.lower.dtype, device=self.lower.device)

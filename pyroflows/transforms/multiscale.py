@@ -113,7 +113,7 @@ class ChannelSlice(FlowTransform):
             ctx = context if t.context_dim else None
             step = t.inverse_and_log_det if inverse else t.forward_and_log_det
             out, d = step(tail, ctx)
-            t._check_output(tail, out, d, direction)  # names the inner layer on NaN/Inf
+            t._check_output(tail, out, d, direction, ctx)  # names the inner layer on NaN/Inf
             tail, ld = out, ld + d
         head = head.expand(*tail.shape[:-3], *head.shape[-3:])
         return torch.cat((head, tail), dim=-3), ld
