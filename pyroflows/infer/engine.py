@@ -33,21 +33,22 @@ is refused with a ``ValueError`` before any weight is overwritten.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyro
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from ..transforms.base import NonFiniteError
+from .config import DEFAULT_STEPS, LoopConfig, real_number, whole_number
 from .history import NAN, History
 from .optim import make_optimizer, make_scheduler
 from .state import (
@@ -67,6 +68,7 @@ __all__ = [
     "RECOVERY_STEPS",
     "History",
     "LoopConfig",
+    "Run",
     "Task",
     "load_checkpoint",
     "real_number",
@@ -85,6 +87,7 @@ class Task(Protocol):
     """What :func:`train` trains. ``fit`` and ``fit_svi`` each implement one."""
 
     kind: str  # "fit" or "svi"; checked on resume
+    desc: str  # the progress bar's label
     target: Any  # handed to callbacks (the flow, or the guide)
     has_validation: bool
 
@@ -109,40 +112,6 @@ class Task(Protocol):
     # weights about to be returned; a NaN/Inf value or a NonFiniteError means they are unusable.
 
 
-def whole_number(name: str, value: Any, low: int) -> int:
-    """``value`` as an ``int`` if it is a whole number >= ``low`` (an int, a numpy integer or a
-    float such as ``1e4``; not a bool), else a ``TypeError``/``ValueError`` naming ``name``.
-
-    Example:
-        >>> whole_number("steps", 1e4, 1)
-        10000
-        >>> whole_number("steps", 2.5, 1)
-        Traceback (most recent call last):
-        ...
-        ValueError: steps must be a whole number >= 1; got 2.5
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer)):
-        raise TypeError(f"{name} must be a whole number >= {low}; got {value!r}")
-    if not (math.isfinite(value) and int(value) == value and value >= low):
-        raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
-    return int(value)
-
-
-def real_number(name: str, value: Any, low: float) -> float:
-    """``value`` as a ``float`` if it is a finite real number >= ``low`` (not a bool), else a
-    ``TypeError``/``ValueError`` naming ``name``.
-
-    Example:
-        >>> real_number("lr", 1e-3, 0.0)
-        0.001
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name} must be a finite number >= {low:g}; got {value!r}")
-    if not (math.isfinite(value) and value >= low):
-        raise ValueError(f"{name} must be a finite number >= {low:g}; got {value!r}")
-    return float(value)
-
-
 def _plain_option(value: Any) -> Any:
     """An optimiser option as data a ``weights_only`` checkpoint can hold."""
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -158,52 +127,6 @@ def _describe_schedule(spec: Any) -> str | None:
     if spec is None or isinstance(spec, str):
         return spec
     return f"factory {getattr(spec, '__qualname__', type(spec).__qualname__)}"
-
-
-@dataclass
-class LoopConfig:
-    """Options of :func:`train`; see :func:`~pyroflows.infer.fit` for their meaning. They are
-    checked here, once for ``fit`` and ``fit_svi``.
-
-    Example:
-        >>> LoopConfig(steps=100, lr=1e-3).checkpoint_every
-        100
-        >>> LoopConfig(steps=100, lr=-1.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: lr must be a finite number >= 0; got -1.0
-    """
-
-    steps: int
-    lr: float
-    optimizer: Any = "adam"
-    lr_schedule: Any = None
-    warmup: int = 0
-    weight_decay: float = 0.0
-    clip_grad: float | None = None
-    eval_every: int = 1
-    patience: int | None = None
-    progress: bool = True
-    checkpoint: str | Path | None = None
-    checkpoint_every: int = 100
-    callbacks: Sequence[Callable] = ()
-    seed: int = 0  # the run's base seed (batch order), stored in checkpoints
-    desc: str = "fit"
-
-    def __post_init__(self) -> None:
-        self.steps = whole_number("steps", self.steps, 1)
-        self.eval_every = whole_number("eval_every", self.eval_every, 1)
-        self.checkpoint_every = whole_number("checkpoint_every", self.checkpoint_every, 1)
-        self.warmup = whole_number("warmup", self.warmup, 0)
-        if self.patience is not None:
-            self.patience = whole_number("patience", self.patience, 1)
-        self.seed = whole_number("seed", self.seed, 0)
-        self.lr = real_number("lr", self.lr, 0.0)
-        self.weight_decay = real_number("weight_decay", self.weight_decay, 0.0)
-        clip = self.clip_grad
-        ok = isinstance(clip, (int, float, np.number)) and not isinstance(clip, (bool, np.bool_))
-        if clip is not None and not (ok and math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip_grad must be None or a positive number; got {clip!r}")
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -233,6 +156,8 @@ def _is_divergence(exc: Exception) -> bool:
 class _Loop:
     def __init__(self, task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None) -> None:
         self.task, self.cfg = task, cfg
+        if cfg.patience is not None and not task.has_validation:
+            raise ValueError("patience needs a validation loss, and this run has none")
         self.named = list(task.named_parameters())
         if not self.named:
             raise ValueError("nothing to train: no parameter requires a gradient")
@@ -436,7 +361,7 @@ class _Loop:
         bar = tqdm(
             total=cfg.steps,
             initial=min(self.start, cfg.steps),
-            desc=cfg.desc,
+            desc=getattr(task, "desc", task.kind),
             disable=not enabled,
             dynamic_ncols=True,
             file=sys.stderr,
@@ -453,7 +378,7 @@ class _Loop:
                 if ok:
                     loss = h.train_loss[-1]
                     ema = loss if ema is None else 0.9 * ema + 0.1 * loss
-                due = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
+                due = (step + 1) % (cfg.eval_every or 1) == 0 or step + 1 == cfg.steps
                 if task.has_validation and due and not h.diverged:
                     self._validate(step)
                 safe = step + 1
@@ -544,13 +469,64 @@ class _Loop:
             warnings.warn(h.message, RuntimeWarning, stacklevel=5)
 
 
+class Run:
+    """The start of a training run, before its task is built: the checkpoint to resume from and
+    the seed, handled here for ``fit`` and ``fit_svi`` alike.
+
+    ``Run(cfg)`` loads ``cfg.checkpoint`` when ``cfg.resume`` (``None`` while there is no file),
+    refuses a ``cfg.seed`` other than the checkpoint's, and seeds Pyro, torch, numpy and
+    ``random`` with ``cfg.seed``; then the caller builds its task (with :attr:`seed` if it draws
+    from it) and calls :meth:`train`.
+
+    Args:
+        cfg: the run's options.
+        seed_fixes: what the seed fixes, for the message that refuses another seed on resume.
+
+    Example:
+        >>> run = Run(LoopConfig(steps=5, seed=3), seed_fixes="nothing")
+        >>> run.seed, run.checkpoint is None
+        (3, True)
+    """
+
+    def __init__(self, cfg: LoopConfig, *, seed_fixes: str) -> None:
+        self.cfg = cfg
+        self.checkpoint = load_checkpoint(cfg.checkpoint) if cfg.resume else None  # type: ignore[arg-type]
+        saved = None if self.checkpoint is None else self.checkpoint.get("seed")
+        if self.checkpoint is not None and cfg.seed is not None and cfg.seed != saved:
+            raise ValueError(
+                f"cannot resume from {cfg.checkpoint}: its run used seed={saved}, this one "
+                f"seed={cfg.seed} (the seed fixes {seed_fixes}); pass the same seed or "
+                "seed=None, or resume=False to start over"
+            )
+        if cfg.seed is not None:
+            pyro.set_rng_seed(cfg.seed)
+        self._seed: int | None = cfg.seed if self.checkpoint is None else saved
+
+    @property
+    def seed(self) -> int:
+        """The run's base seed: ``cfg.seed``, the checkpoint's, or (when neither gives one) a
+        number drawn from torch's global generator when first asked for."""
+        if self._seed is None:
+            self._seed = int(torch.randint(2**31 - 1, ()))
+        return self._seed
+
+    def train(self, task: Task, **resolved: Any) -> History:
+        """Train ``task``; ``resolved`` replaces options the caller has settled (``steps`` from
+        ``epochs``, the default ``eval_every``). The checkpoint records the base seed (``None``
+        when the run had none and did not ask for :attr:`seed`)."""
+        cfg = dataclasses.replace(self.cfg, seed=self._seed, **resolved)
+        return train(task, cfg, self.checkpoint)
+
+
 def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> History:
     """Run ``cfg.steps`` steps of ``task`` (continuing from ``ckpt`` if given); see the module
-    docstring for the behaviour. Restores the best-validation state at the end.
+    docstring for the behaviour. Restores the best-validation state at the end. :class:`Run`
+    loads the checkpoint and seeds the run; ``fit`` and ``fit_svi`` go through it.
 
     Example:
         >>> class Quadratic:  # minimise (w - 3)^2; fit and fit_svi write tasks like this one
-        ...     kind, has_validation = "demo", False
+        ...     kind = desc = "demo"
+        ...     has_validation = False
         ...     def __init__(self):
         ...         self.w = self.target = torch.zeros((), requires_grad=True)
         ...     def named_parameters(self):
@@ -569,4 +545,6 @@ def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> Hi
         >>> round(task.w.item(), 6), h.steps, h.train_loss[0]
         (3.0, 100, 9.0)
     """
+    if cfg.steps is None:
+        cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
     return _Loop(task, cfg, ckpt).run()
