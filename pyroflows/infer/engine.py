@@ -21,7 +21,7 @@ import pyro
 import torch
 from torch import Tensor
 
-from .config import DEFAULT_STEPS, LoopConfig, real_number, whole_number
+from .config import LoopConfig, real_number, whole_number
 from .history import History
 from .loop import MAX_FAILURES, RECOVERY_STEPS, Loop
 from .state import load_checkpoint
@@ -115,15 +115,15 @@ class Run:
         ``epochs``, the default ``eval_every``). The checkpoint records the base seed (``None``
         when the run had none and did not ask for :attr:`seed`)."""
         cfg = dataclasses.replace(self.cfg, seed=self._seed, **resolved)
-        if cfg.steps is None:
-            cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
-        return Loop(task, cfg, self.checkpoint).run()  # the frames the warnings count on
+        # not through train(): the loop's warnings count the frames up to the user's call
+        return Loop(task, cfg, self.checkpoint).run()
 
 
 def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> History:
     """Run ``cfg.steps`` steps of ``task`` (continuing from ``ckpt`` if given); see
-    :mod:`pyroflows.infer.loop` for the behaviour. Restores the best-validation state at the end. :class:`Run`
-    loads the checkpoint and seeds the run; ``fit`` and ``fit_svi`` go through it.
+    :mod:`pyroflows.infer.loop` for the behaviour. Restores the best-validation state at the
+    end. ``fit`` and ``fit_svi`` start through :class:`Run`, which also loads the checkpoint
+    and seeds the run.
 
     Example:
         >>> class Quadratic:  # minimise (w - 3)^2; fit and fit_svi write tasks like this one
@@ -147,6 +147,4 @@ def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> Hi
         >>> round(task.w.item(), 6), h.steps, h.train_loss[0]
         (3.0, 100, 9.0)
     """
-    if cfg.steps is None:
-        cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
     return Loop(task, cfg, ckpt).run()

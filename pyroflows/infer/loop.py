@@ -23,12 +23,14 @@ the optimiser and scheduler, the RNG states of torch (and CUDA), numpy and Pytho
 the rollback copy and the best state, so a resumed run replays the remaining steps bit for bit.
 It also records what the run must share with a resumed one (the task's ``meta``: for ``fit`` the
 flow's class and configuration and a SHA-256 of the data; the optimiser's class and options,
-``lr`` included, the schedule and warm-up); a resume that differs, or whose tensors do not fit,
+``lr`` included, the schedule and warm-up; the seed, checked by
+:class:`~pyroflows.infer.engine.Run`); a resume that differs, or whose tensors do not fit,
 is refused with a ``ValueError`` before any weight is overwritten.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -42,7 +44,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..transforms.base import NonFiniteError
-from .config import LoopConfig
+from .config import DEFAULT_STEPS, LoopConfig
 from .history import NAN, History
 from .optim import make_optimizer, make_scheduler
 from .state import (
@@ -113,6 +115,8 @@ class Loop:
     """One run of :func:`~pyroflows.infer.engine.train`: ``Loop(task, cfg, ckpt).run()``."""
 
     def __init__(self, task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None) -> None:
+        if cfg.steps is None:
+            cfg = dataclasses.replace(cfg, steps=DEFAULT_STEPS)
         self.task, self.cfg = task, cfg
         if cfg.patience is not None and not task.has_validation:
             raise ValueError("patience needs a validation loss, and this run has none")

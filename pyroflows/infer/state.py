@@ -1,6 +1,6 @@
 """Copies of training state: the rollback snapshot, RNG states, fingerprints and checkpoint files.
 
-The internal API of :mod:`pyroflows.infer.engine`: :class:`Snapshot`, :func:`copy_into`,
+The internal API of the training loop (:mod:`pyroflows.infer.loop`, :mod:`~pyroflows.infer.engine`): :class:`Snapshot`, :func:`copy_into`,
 :func:`all_finite`, :func:`rng_state` / :func:`set_rng_state`, :func:`fingerprint`,
 :func:`tensor_mismatches`, :func:`check_resumable`, :func:`write_atomically` and
 :func:`load_checkpoint`. A checkpoint is
