@@ -5,6 +5,7 @@ resume, optimisers and schedules, the progress bar."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -396,3 +397,142 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
     assert "loss=" in capsys.readouterr().err
     pf.fit(linear_flow(), gaussian(100, 0), steps=3, progress=False)
     assert capsys.readouterr().err == ""
+
+
+# ---- the loop's options, declared once (LoopConfig) and shared by fit and fit_svi ---------------
+
+
+def svi_model(x):
+    import pyro
+    import pyro.distributions as dist
+
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x)):
+        pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def fit_svi(**options):
+    import pyro
+    from pyro.infer.autoguide import AutoNormal
+
+    pyro.clear_param_store()
+    opts = {"steps": 3, "progress": False, "final_check": False, **options}
+    return pf.fit_svi(svi_model, AutoNormal(svi_model), torch.ones(4), **opts)
+
+
+def test_the_signatures_keep_only_their_own_options_and_the_docs_name_every_loop_option():
+    import inspect
+
+    from pyroflows.infer.config import LOOP_OPTIONS
+
+    fit_own = set(inspect.signature(pf.fit).parameters) - {"flow", "data", "options"}
+    svi_own = set(inspect.signature(pf.fit_svi).parameters) - {"model", "guide", "args", "kwargs"}
+    assert not fit_own & set(LOOP_OPTIONS) and not svi_own & set(LOOP_OPTIONS)
+    for name in LOOP_OPTIONS:
+        assert f"``{name}``" in pf.fit.__doc__ and f"``{name}``" in pf.fit_svi.__doc__, name
+        assert f"        {name}: " in pf.infer.LoopConfig.__doc__, name
+
+
+@pytest.mark.parametrize("caller", ["fit", "fit_svi"])
+def test_a_misspelt_option_is_refused_with_the_closest_name(caller):
+    with pytest.raises(
+        TypeError, match=r"argument 'stpes' \(did you mean 'steps'\?\); valid: .*lr"
+    ):
+        if caller == "fit":
+            pf.fit(linear_flow(), gaussian(50, 0), stpes=5, progress=False)
+        else:
+            fit_svi(stpes=5)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'val_frac' \(did you mean"):
+        pf.fit(linear_flow(), gaussian(50, 0), val_frac=0.2, progress=False)
+
+
+def test_fit_svi_passes_other_keywords_to_the_model():
+    import pyro
+    from pyro.infer.autoguide import AutoNormal
+
+    seen = []
+
+    def model(x, shift=0.0):
+        seen.append(shift)
+        svi_model(x + shift)
+
+    pyro.clear_param_store()
+    pf.fit_svi(model, AutoNormal(model), torch.ones(4), shift=2.0, steps=2, progress=False,
+               final_check=False)  # fmt: skip
+    assert seen and set(seen) == {2.0}
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        # whole numbers are checked by LoopConfig, not truncated by int(...)
+        ({"steps": 2.5}, r"steps must be a whole number >= 1; got 2.5"),
+        ({"seed": 1.5}, r"seed must be a whole number >= 0; got 1.5"),
+        ({"num_particles": 1.5}, r"num_particles must be a whole number >= 1; got 1.5"),
+        ({"anneal": 2.5}, r"anneal must be a whole number >= 0; got 2.5"),
+        ({"lr": -1.0}, r"lr must be a finite number >= 0"),
+        ({"resume": True}, r"resume=True needs checkpoint=path"),
+    ],
+)
+def test_fit_svi_refuses_what_fit_refuses(options, match):
+    with pytest.raises(ValueError, match=match):
+        fit_svi(**options)
+
+
+def test_fit_svi_refuses_the_validation_options_and_bad_callbacks():
+    with pytest.raises(TypeError, match="fit_svi has no validation loss, so it takes no patience"):
+        fit_svi(patience=3)
+    with pytest.raises(TypeError, match="callbacks must be callables; got 1"):
+        fit_svi(callbacks=[1])
+    with pytest.raises(TypeError, match="callbacks must be callables; got 'x'"):
+        pf.fit(linear_flow(), gaussian(50, 0), steps=2, callbacks=["x"], progress=False)
+
+
+def test_fit_svi_keeps_its_defaults_and_takes_the_shared_options():
+    h = fit_svi()
+    assert h.lr == [1e-2] * 3  # fit_svi's default lr (fit's is 1e-3)
+    h = fit_svi(weight_decay=0.1, seed=0)  # a loop option fit_svi did not take before
+    assert h.steps == 3 and not h.diverged
+
+
+def test_fit_svi_resume_refuses_another_seed_like_fit(tmp_path):
+    path = tmp_path / "svi.pt"
+    fit_svi(seed=1, checkpoint=path)
+    with pytest.raises(ValueError, match=r"its run used seed=1, this one seed=2 \(the seed fixes"):
+        fit_svi(seed=2, checkpoint=path, resume=True, steps=5)
+    assert fit_svi(checkpoint=path, resume=True, steps=5).steps == 5  # seed=None: accepted
+
+
+def test_history_has_a_final_check_field_that_survives_a_checkpoint(tmp_path):
+    import dataclasses
+
+    from pyroflows.infer.state import load_checkpoint
+
+    assert "final_check" in {f.name for f in dataclasses.fields(pf.History)}
+    with warnings.catch_warnings():  # whether 3 steps give a trusted guide does not matter
+        warnings.simplefilter("ignore", RuntimeWarning)
+        h = fit_svi(final_check=True, num_check_samples=50)
+    assert isinstance(h.final_check, pf.PSISDiagnostic)
+    again = pf.History.from_state_dict(h.state_dict())
+    assert again.final_check == h.final_check and again.train_loss == h.train_loss
+    pf.fit(linear_flow(), gaussian(50, 0), steps=2, checkpoint=tmp_path / "a.pt", progress=False)
+    saved = load_checkpoint(tmp_path / "a.pt")["history"]
+    assert saved["final_check"] is None
+    del saved["final_check"]  # a checkpoint written before the field existed
+    assert pf.History.from_state_dict(saved).final_check is None
+
+
+def test_warnings_point_at_the_callers_line():
+    # the loop's warnings count frames up to the user's call of fit / fit_svi
+    with pytest.warns(RuntimeWarning, match="rolled back") as rec:
+        pf.fit(linear_flow(), gaussian(200, 0), steps=20, lr=0.05, objective=failing({3}),
+               progress=False)  # fmt: skip
+    assert {w.filename for w in rec} == {__file__}
+
+    def corrupt(step, history, guide):
+        if step == 1:
+            guide.locs.z.data.fill_(float("nan"))
+
+    with pytest.warns(RuntimeWarning, match="rolled back") as rec:
+        fit_svi(callbacks=corrupt, steps=5)
+    assert {w.filename for w in rec} == {__file__}

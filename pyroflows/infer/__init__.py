@@ -1,8 +1,10 @@
 """Training and inference: maximum likelihood (:func:`fit`) and variational inference
-(:func:`fit_svi`), sharing one training loop (:mod:`pyroflows.infer.engine`); flow guides
-(:class:`AutoFlow`); the flow-matching objective (:func:`flow_matching_loss`)."""
+(:func:`fit_svi`), sharing one training loop (:mod:`pyroflows.infer.engine`) whose options are
+declared once (:class:`LoopConfig`); flow guides (:class:`AutoFlow`); the flow-matching objective
+(:func:`flow_matching_loss`)."""
 
 from .autoguide import AutoFlow
+from .config import LoopConfig
 from .engine import History
 from .fit import fit
 from .flow_matching import flow_matching_loss, ot_pair
@@ -11,6 +13,7 @@ from .svi import TraceSTL_ELBO, anneal_beta, fit_svi
 __all__ = [
     "AutoFlow",
     "History",
+    "LoopConfig",
     "TraceSTL_ELBO",
     "anneal_beta",
     "fit",

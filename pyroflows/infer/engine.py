@@ -6,67 +6,32 @@ the optimiser and learning-rate schedule, gradient clipping, divergence rollback
 with early stopping and best-weight restoring, checkpoints with exact resume, the progress bar,
 callbacks and the :class:`History`.
 
-Rollback. Before every optimiser step whose loss and gradients are finite, the state (weights,
-buffers) and the optimiser state are copied into preallocated buffers (one ``_foreach_copy_``).
-A step whose loss or gradient norm is NaN/Inf, or that raises
-:class:`~pyroflows.NonFiniteError` (or a distribution's "invalid values" error), restores that
-copy, halves the learning rate (the scheduler's base rates too) and warns naming the cause (the
-loss, the parameters whose gradients are NaN/Inf, or an overflowing norm of finite gradients).
-A rollback has *recovered* once ``RECOVERY_STEPS`` steps in a row succeed after it; after
-``MAX_FAILURES`` failures without a recovery in between (e.g. every other step failing while
-the weights drift to huge values) training stops with ``History.diverged = True``.
-
-The returned weights. At the end the best-validation state is restored (when there was
-validation); weights that are not finite, or that fail the task's ``check`` (``fit``: the
-objective on a training batch), are replaced by the last good copy, and ``History.diverged``
-and ``History.message`` say so. Weights are never left non-finite, and never unusable without
-a message.
-
-Exact resume. Batch order is a pure function of ``(seed, epoch)``; a checkpoint holds the state,
-the optimiser and scheduler, the RNG states of torch (and CUDA), numpy and Python, the history,
-the rollback copy and the best state, so a resumed run replays the remaining steps bit for bit.
-It also records what the run must share with a resumed one (the task's ``meta``: for ``fit`` the
-flow's class and configuration and a SHA-256 of the data; the optimiser's class and options,
-``lr`` included, the schedule and warm-up); a resume that differs, or whose tensors do not fit,
-is refused with a ``ValueError`` before any weight is overwritten.
+The loop's options are declared once, in :class:`~pyroflows.infer.LoopConfig`
+(:mod:`pyroflows.infer.config`); :class:`Run` starts a run (checkpoint and seed) for both;
+:mod:`pyroflows.infer.loop` holds the steps (rollback, validation, checkpoints, the weights
+returned) and :mod:`pyroflows.infer.state` the copies of state and the checkpoint files.
 """
 
 from __future__ import annotations
 
-import math
-import sys
-import time
-import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+import dataclasses
 from typing import Any, Protocol
 
-import numpy as np
+import pyro
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
-from ..transforms.base import NonFiniteError
-from .history import NAN, History
-from .optim import make_optimizer, make_scheduler
-from .state import (
-    CHECKPOINT_FORMAT,
-    Snapshot,
-    all_finite,
-    check_resumable,
-    copy_into,
-    load_checkpoint,
-    rng_state,
-    set_rng_state,
-    write_atomically,
-)
+from .config import LoopConfig, real_number, whole_number
+from .history import History
+from .loop import MAX_FAILURES, RECOVERY_STEPS, Loop
+from .state import load_checkpoint
 
 __all__ = [
     "MAX_FAILURES",
     "RECOVERY_STEPS",
     "History",
     "LoopConfig",
+    "Run",
     "Task",
     "load_checkpoint",
     "real_number",
@@ -74,17 +39,12 @@ __all__ = [
     "whole_number",
 ]
 
-#: Failed (rolled-back) steps, without a recovery in between, after which training stops as
-#: diverged.
-MAX_FAILURES = 5
-#: Successful steps in a row after a rollback that count as a recovery from it.
-RECOVERY_STEPS = 10
-
 
 class Task(Protocol):
     """What :func:`train` trains. ``fit`` and ``fit_svi`` each implement one."""
 
     kind: str  # "fit" or "svi"; checked on resume
+    desc: str  # the progress bar's label
     target: Any  # handed to callbacks (the flow, or the guide)
     has_validation: bool
 
@@ -109,448 +69,66 @@ class Task(Protocol):
     # weights about to be returned; a NaN/Inf value or a NonFiniteError means they are unusable.
 
 
-def whole_number(name: str, value: Any, low: int) -> int:
-    """``value`` as an ``int`` if it is a whole number >= ``low`` (an int, a numpy integer or a
-    float such as ``1e4``; not a bool), else a ``TypeError``/``ValueError`` naming ``name``.
+class Run:
+    """The start of a training run, before its task is built: the checkpoint to resume from and
+    the seed, handled here for ``fit`` and ``fit_svi`` alike.
+
+    ``Run(cfg)`` loads ``cfg.checkpoint`` when ``cfg.resume`` (``None`` while there is no file),
+    refuses a ``cfg.seed`` other than the checkpoint's, and seeds Pyro, torch, numpy and
+    ``random`` with ``cfg.seed``; then the caller builds its task (with :attr:`seed` if it draws
+    from it) and calls :meth:`train`.
+
+    Args:
+        cfg: the run's options.
+        seed_fixes: what the seed fixes, for the message that refuses another seed on resume.
 
     Example:
-        >>> whole_number("steps", 1e4, 1)
-        10000
-        >>> whole_number("steps", 2.5, 1)
-        Traceback (most recent call last):
-        ...
-        ValueError: steps must be a whole number >= 1; got 2.5
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer)):
-        raise TypeError(f"{name} must be a whole number >= {low}; got {value!r}")
-    if not (math.isfinite(value) and int(value) == value and value >= low):
-        raise ValueError(f"{name} must be a whole number >= {low}; got {value!r}")
-    return int(value)
-
-
-def real_number(name: str, value: Any, low: float) -> float:
-    """``value`` as a ``float`` if it is a finite real number >= ``low`` (not a bool), else a
-    ``TypeError``/``ValueError`` naming ``name``.
-
-    Example:
-        >>> real_number("lr", 1e-3, 0.0)
-        0.001
-    """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name} must be a finite number >= {low:g}; got {value!r}")
-    if not (math.isfinite(value) and value >= low):
-        raise ValueError(f"{name} must be a finite number >= {low:g}; got {value!r}")
-    return float(value)
-
-
-def _plain_option(value: Any) -> Any:
-    """An optimiser option as data a ``weights_only`` checkpoint can hold."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (tuple, list)):
-        return tuple(_plain_option(v) for v in value)
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return value.item()
-    return type(value).__qualname__
-
-
-def _describe_schedule(spec: Any) -> str | None:
-    if spec is None or isinstance(spec, str):
-        return spec
-    return f"factory {getattr(spec, '__qualname__', type(spec).__qualname__)}"
-
-
-@dataclass
-class LoopConfig:
-    """Options of :func:`train`; see :func:`~pyroflows.infer.fit` for their meaning. They are
-    checked here, once for ``fit`` and ``fit_svi``.
-
-    Example:
-        >>> LoopConfig(steps=100, lr=1e-3).checkpoint_every
-        100
-        >>> LoopConfig(steps=100, lr=-1.0)
-        Traceback (most recent call last):
-        ...
-        ValueError: lr must be a finite number >= 0; got -1.0
+        >>> run = Run(LoopConfig(steps=5, seed=3), seed_fixes="nothing")
+        >>> run.seed, run.checkpoint is None
+        (3, True)
     """
 
-    steps: int
-    lr: float
-    optimizer: Any = "adam"
-    lr_schedule: Any = None
-    warmup: int = 0
-    weight_decay: float = 0.0
-    clip_grad: float | None = None
-    eval_every: int = 1
-    patience: int | None = None
-    progress: bool = True
-    checkpoint: str | Path | None = None
-    checkpoint_every: int = 100
-    callbacks: Sequence[Callable] = ()
-    seed: int = 0  # the run's base seed (batch order), stored in checkpoints
-    desc: str = "fit"
-
-    def __post_init__(self) -> None:
-        self.steps = whole_number("steps", self.steps, 1)
-        self.eval_every = whole_number("eval_every", self.eval_every, 1)
-        self.checkpoint_every = whole_number("checkpoint_every", self.checkpoint_every, 1)
-        self.warmup = whole_number("warmup", self.warmup, 0)
-        if self.patience is not None:
-            self.patience = whole_number("patience", self.patience, 1)
-        self.seed = whole_number("seed", self.seed, 0)
-        self.lr = real_number("lr", self.lr, 0.0)
-        self.weight_decay = real_number("weight_decay", self.weight_decay, 0.0)
-        clip = self.clip_grad
-        ok = isinstance(clip, (int, float, np.number)) and not isinstance(clip, (bool, np.bool_))
-        if clip is not None and not (ok and math.isfinite(clip) and clip > 0):
-            raise ValueError(f"clip_grad must be None or a positive number; got {clip!r}")
-
-
-# ---- the loop ----------------------------------------------------------------------------------
-
-
-def _grad_norm(params: list[Tensor], clip: float | None) -> Tensor:
-    if clip is not None:
-        return torch.nn.utils.clip_grad_norm_(params, clip)
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros((), device=params[0].device)
-    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-
-
-def _is_true(result: Any) -> bool:
-    """A callback asks to stop by returning ``True`` (not any truthy value)."""
-    return isinstance(result, (bool, np.bool_)) and bool(result)
-
-
-def _is_divergence(exc: Exception) -> bool:
-    """A NonFiniteError, or torch.distributions' "found invalid values" argument check."""
-    return isinstance(exc, NonFiniteError) or (
-        isinstance(exc, ValueError) and "invalid values" in str(exc)
-    )
-
-
-class _Loop:
-    def __init__(self, task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None) -> None:
-        self.task, self.cfg = task, cfg
-        self.named = list(task.named_parameters())
-        if not self.named:
-            raise ValueError("nothing to train: no parameter requires a gradient")
-        self.params = [p for _, p in self.named]
-        self.opt = make_optimizer(cfg.optimizer, self.params, cfg.lr, cfg.weight_decay)
-        self.sched = make_scheduler(cfg.lr_schedule, self.opt, cfg.steps, cfg.warmup)
-        self.plateau = isinstance(self.sched, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        self.history = History()
-        self.last_good, self.best = Snapshot(), Snapshot()
-        # failures since the last recovery, and successful steps since the last failure
-        self.fails, self.streak, self.start = 0, 0, 0
-        if ckpt is not None:
-            self._resume(ckpt)
-
-    def _settings(self) -> dict[str, Any]:
-        """The optimiser and schedule a resumed run must share with its checkpoint: the
-        optimiser's class and constructor options (``opt.defaults``, with ``lr``), the
-        schedule and the warm-up."""
-        options = {k: _plain_option(v) for k, v in self.opt.defaults.items()}
-        return {
-            "optimizer": type(self.opt).__name__,
-            **options,
-            "lr_schedule": _describe_schedule(self.cfg.lr_schedule),
-            "warmup": self.cfg.warmup,
-        }
-
-    # -- checkpoints
-    def _resume(self, ckpt: dict[str, Any]) -> None:
-        """Check everything first, then load: a refused resume leaves the weights untouched."""
-        state = self.task.state()
-        check_resumable(
-            ckpt,
-            path=self.cfg.checkpoint,
-            kind=self.task.kind,
-            meta=self.task.meta(),
-            settings=self._settings(),
-            state=state,
-        )
-        try:  # the fresh optimiser and scheduler only: nothing of the user's is touched yet
-            self.opt.load_state_dict(ckpt["optimizer"])
-            if self.sched is not None and ckpt["scheduler"] is not None:
-                self.sched.load_state_dict(ckpt["scheduler"])
-        except (ValueError, KeyError, RuntimeError) as exc:
+    def __init__(self, cfg: LoopConfig, *, seed_fixes: str) -> None:
+        self.cfg = cfg
+        self.checkpoint = load_checkpoint(cfg.checkpoint) if cfg.resume else None  # type: ignore[arg-type]
+        saved = None if self.checkpoint is None else self.checkpoint.get("seed")
+        if self.checkpoint is not None and cfg.seed is not None and cfg.seed != saved:
             raise ValueError(
-                f"cannot resume from {self.cfg.checkpoint}: its optimiser state does not fit "
-                f"({exc}); pass resume=False (or another checkpoint path) to start over"
-            ) from exc
-        copy_into([state[k] for k in state], [ckpt["state"][k] for k in state])
-        self.history = History.from_state_dict(ckpt["history"])
-        self.last_good.load_dict(ckpt["last_good"])
-        self.best.load_dict(ckpt["best"])
-        self.fails, self.streak, self.start = ckpt["fails"], ckpt["streak"], ckpt["step"]
-        set_rng_state(ckpt["rng"])
-
-    def _checkpoint(self, next_step: int) -> None:
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "kind": self.task.kind,
-            "meta": self.task.meta(),
-            "settings": self._settings(),
-            "seed": self.cfg.seed,
-            "step": next_step,
-            "state": {k: v.detach() for k, v in self.task.state().items()},
-            "optimizer": self.opt.state_dict(),
-            "scheduler": None if self.sched is None else self.sched.state_dict(),
-            "rng": rng_state(),
-            "history": self.history.state_dict(),
-            "last_good": self.last_good.to_dict(),
-            "best": self.best.to_dict(),
-            "fails": self.fails,
-            "streak": self.streak,
-        }
-        write_atomically(payload, Path(self.cfg.checkpoint))  # type: ignore[arg-type]
-
-    # -- one step
-    def _lr(self) -> float:
-        return float(self.opt.param_groups[0]["lr"])
-
-    def _add_new_parameters(self) -> None:
-        new = [(n, p) for n, p in self.task.named_parameters()[len(self.named) :]]
-        if new:
-            self.named += new
-            self.params += [p for _, p in new]
-            self.opt.add_param_group({"params": [p for _, p in new]})
-
-    def _step(self, step: int) -> bool:
-        """One optimiser step; False when it failed and was rolled back."""
-        self.opt.zero_grad(set_to_none=True)
-        lr = self._lr()
-        try:
-            total, value, extras = self.task.loss(step)
-        except (NonFiniteError, ValueError) as exc:
-            if not _is_divergence(exc):
-                raise
-            return self._fail(step, lr, f"{type(exc).__name__}: {exc}")
-        if total.dim() != 0:
-            raise ValueError(
-                f"the objective must return a scalar loss; got shape {tuple(total.shape)} "
-                "(average it over the batch, e.g. loss.mean())"
+                f"cannot resume from {cfg.checkpoint}: its run used seed={saved}, this one "
+                f"seed={cfg.seed} (the seed fixes {seed_fixes}); pass the same seed or "
+                "seed=None, or resume=False to start over"
             )
-        self._add_new_parameters()
-        total.backward()
-        norm = _grad_norm(self.params, self.cfg.clip_grad)
-        tensors = {k: v for k, v in extras.items() if isinstance(v, Tensor)}
-        row = [
-            total.detach(),
-            value.detach(),
-            norm.detach(),
-            *(v.detach() for v in tensors.values()),
-        ]
-        vals = torch.stack([t.to(device=total.device, dtype=total.dtype) for t in row]).tolist()
-        if not math.isfinite(vals[0]):
-            return self._fail(step, lr, f"the loss is {vals[0]}")
-        if not math.isfinite(vals[2]):
-            return self._fail(step, lr, self._bad_gradients(vals[2]))
-        self.last_good.save(self.task.state(), self.opt)
-        self.opt.step()
-        if self.sched is not None and not self.plateau:
-            self.sched.step()
-        self.streak += 1
-        if self.streak >= RECOVERY_STEPS:
-            self.fails = 0
-        record = {k: v for k, v in extras.items() if not isinstance(v, Tensor)}
-        record.update(zip(tensors, vals[3:], strict=True))
-        self.history.log_step(vals[1], lr, record)
-        return True
+        if cfg.seed is not None:
+            pyro.set_rng_seed(cfg.seed)
+        self._seed: int | None = cfg.seed if self.checkpoint is None else saved
 
-    def _bad_gradients(self, norm: float) -> str:
-        """Why the gradient norm is NaN/Inf: the parameters with NaN/Inf gradients, or, when
-        every gradient is finite, the largest ones (their squares overflowed the norm)."""
-        grads = [(n, p.grad) for n, p in self.named if p.grad is not None]
-        bad = [n for n, g in grads if not g.isfinite().all()]
-        if bad:
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            return f"the gradients of {', '.join(bad[:5])}{more} are NaN/Inf"
-        sizes = sorted(((float(g.abs().max()), n) for n, g in grads), reverse=True)[:3]
-        largest = ", ".join(f"{n} (max |grad| {v:.3g})" for v, n in sizes)
-        return (
-            f"the gradient norm overflowed ({norm}) though every gradient is finite; the "
-            f"largest: {largest}"
-        )
+    @property
+    def seed(self) -> int:
+        """The run's base seed: ``cfg.seed``, the checkpoint's, or (when neither gives one) a
+        number drawn from torch's global generator when first asked for."""
+        if self._seed is None:
+            self._seed = int(torch.randint(2**31 - 1, ()))
+        return self._seed
 
-    def _fail(self, step: int, lr: float, reason: str) -> bool:
-        h = self.history
-        self.opt.zero_grad(set_to_none=True)
-        self.last_good.restore(self.task.state(), self.opt)
-        for g in self.opt.param_groups:
-            g["lr"] *= 0.5
-        if hasattr(self.sched, "base_lrs"):
-            self.sched.base_lrs = [b * 0.5 for b in self.sched.base_lrs]  # type: ignore[union-attr]
-        h.log_step(NAN, lr, {})
-        h.rollbacks += 1
-        h.rollback_steps.append(step)
-        self.fails += 1
-        self.streak = 0
-        if self.fails >= MAX_FAILURES:
-            h.diverged = True
-            h.message = (
-                f"training diverged: {self.fails} steps failed without {RECOVERY_STEPS} good "
-                f"steps in a row in between (the last at step {step}: {reason}) although the "
-                f"learning rate was lowered to {self._lr():.3g}. Lower lr, set clip_grad, or "
-                "standardise the data."
-            )
-        else:
-            warnings.warn(
-                f"step {step}: {reason}; rolled back to the last good weights and halved the "
-                f"learning rate to {self._lr():.3g}",
-                RuntimeWarning,
-                stacklevel=6,
-            )
-        return False
-
-    def _validate(self, step: int) -> None:
-        h, cfg = self.history, self.cfg
-        self.task.set_training(False)
-        try:
-            v = float(self.task.validate())
-        except (NonFiniteError, ValueError) as exc:  # diverged weights: no improvement
-            if not _is_divergence(exc):
-                raise
-            v = math.inf
-        finally:
-            self.task.set_training(True)
-        h.val_loss.append(v)
-        h.val_steps.append(step)
-        if math.isfinite(v) and (h.best_val_loss is None or v < h.best_val_loss):
-            h.best_val_loss, h.best_step = v, step
-            self.best.save(self.task.state())
-        elif cfg.patience is not None:
-            since = sum(s > (h.best_step if h.best_step is not None else -1) for s in h.val_steps)
-            if since >= cfg.patience:
-                h.stopped_early = True
-                h.message = f"early stopping: no validation improvement in {since} checks"
-        if self.plateau:
-            self.sched.step(v)  # type: ignore[union-attr]
-
-    # -- the run
-    def run(self) -> History:
-        cfg, h, task = self.cfg, self.history, self.task
-        enabled = bool(cfg.progress) and sys.stderr.isatty()
-        bar = tqdm(
-            total=cfg.steps,
-            initial=min(self.start, cfg.steps),
-            desc=cfg.desc,
-            disable=not enabled,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
-        ema = None
-        t0 = time.perf_counter()
-        task.set_training(True)
-        safe: int | None = None  # the next step, while the state is consistent (checkpointable)
-        try:
-            step = self.start
-            while step < cfg.steps and not (h.stopped_early or h.diverged):
-                safe = None
-                ok = self._step(step)
-                if ok:
-                    loss = h.train_loss[-1]
-                    ema = loss if ema is None else 0.9 * ema + 0.1 * loss
-                due = (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
-                if task.has_validation and due and not h.diverged:
-                    self._validate(step)
-                safe = step + 1
-                for cb in cfg.callbacks:
-                    if _is_true(cb(step, h, task.target)):
-                        h.stopped_early = True
-                        h.message = (
-                            h.message or f"stopped by callback {getattr(cb, '__name__', cb)}"
-                        )
-                step += 1
-                if cfg.checkpoint is not None and step % cfg.checkpoint_every == 0:
-                    h.wall_time += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    self._checkpoint(step)
-                if enabled:
-                    post = {"loss": f"{ema:.4g}" if ema is not None else "nan"}
-                    if h.best_val_loss is not None:
-                        post["best_val"] = f"{h.best_val_loss:.4g}"
-                    bar.set_postfix(post, refresh=False)
-                    bar.update(1)
-            h.wall_time += time.perf_counter() - t0
-            h.pad()
-            h.final_lr = self._lr()
-            if cfg.checkpoint is not None and step % cfg.checkpoint_every != 0:
-                self._checkpoint(step)
-        except BaseException:
-            # interrupted (Ctrl-C, or a callback raised) between two steps: save, so that
-            # resume=True continues from here instead of from the last periodic checkpoint
-            if cfg.checkpoint is not None and safe is not None:
-                h.wall_time += time.perf_counter() - t0
-                self._checkpoint(safe)
-            raise
-        finally:
-            bar.close()
-        self._finish()
-        return h
-
-    # -- the returned weights
-    def _check(self) -> str | None:
-        """``None`` if the current weights pass the task's check, else why they fail."""
-        check = getattr(self.task, "check", None)
-        if not all_finite(self.task.state()):
-            return "some weights are NaN/Inf"
-        if check is None:
-            return None
-        self.task.set_training(False)
-        try:
-            value = float(check())
-        except (NonFiniteError, ValueError) as exc:
-            if not _is_divergence(exc):
-                raise
-            return f"the loss on a training batch raised {type(exc).__name__}: {exc}"
-        finally:
-            self.task.set_training(True)
-        return None if math.isfinite(value) else f"the loss on a training batch is {value}"
-
-    def _finish(self) -> None:
-        """Restore the best-validation weights; replace unusable ones by the last good copy
-        and say so in ``History.diverged`` / ``message``."""
-        h, state = self.history, self.task.state()
-        last_good = "the last good weights (those of the last step that passed its checks)"
-        if self.best.state is not None:
-            self.best.restore(state)
-            returned = f"the best-validation weights (after step {h.best_step})"
-        elif h.diverged:  # the last failure restored them
-            returned = last_good
-        else:
-            returned = "the final weights"
-        problem = self._check()
-        if problem is not None:
-            failed = returned
-            if self.last_good.state is None:  # no step succeeded: the weights are the initial ones
-                returned = "the weights the run started from"
-                again: str | None = problem
-            else:
-                self.last_good.restore(state)
-                returned, again = last_good, self._check()
-            if again is not None:
-                returned += f", which fail too ({again}); re-initialise the model"
-            h.diverged = True
-            first = h.message + " " if h.message.startswith("training diverged") else ""
-            h.message = (
-                f"{first}At the end {failed} were unusable ({problem}); returned {returned}."
-            )
-        elif h.diverged:
-            h.message += f" Returned {returned}."
-        if h.diverged:
-            warnings.warn(h.message, RuntimeWarning, stacklevel=5)
+    def train(self, task: Task, **resolved: Any) -> History:
+        """Train ``task``; ``resolved`` replaces options the caller has settled (``steps`` from
+        ``epochs``, the default ``eval_every``). The checkpoint records the base seed (``None``
+        when the run had none and did not ask for :attr:`seed`)."""
+        cfg = dataclasses.replace(self.cfg, seed=self._seed, **resolved)
+        # not through train(): the loop's warnings count the frames up to the user's call
+        return Loop(task, cfg, self.checkpoint).run()
 
 
 def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> History:
-    """Run ``cfg.steps`` steps of ``task`` (continuing from ``ckpt`` if given); see the module
-    docstring for the behaviour. Restores the best-validation state at the end.
+    """Run ``cfg.steps`` steps of ``task`` (continuing from ``ckpt`` if given); see
+    :mod:`pyroflows.infer.loop` for the behaviour. Restores the best-validation state at the
+    end. ``fit`` and ``fit_svi`` start through :class:`Run`, which also loads the checkpoint
+    and seeds the run.
 
     Example:
         >>> class Quadratic:  # minimise (w - 3)^2; fit and fit_svi write tasks like this one
-        ...     kind, has_validation = "demo", False
+        ...     kind = desc = "demo"
+        ...     has_validation = False
         ...     def __init__(self):
         ...         self.w = self.target = torch.zeros((), requires_grad=True)
         ...     def named_parameters(self):
@@ -569,4 +147,4 @@ def train(task: Task, cfg: LoopConfig, ckpt: dict[str, Any] | None = None) -> Hi
         >>> round(task.w.item(), 6), h.steps, h.train_loss[0]
         (3.0, 100, 9.0)
     """
-    return _Loop(task, cfg, ckpt).run()
+    return Loop(task, cfg, ckpt).run()

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 from torch import Tensor, nn
 
 from ..transforms.base import nonfinite_rows
-from .engine import History, LoopConfig, load_checkpoint, real_number, train, whole_number
+from .config import DEFAULT_STEPS, loop_config, real_number, whole_number
+from .engine import History, Run
 from .state import fingerprint
 
 __all__ = ["fit"]
@@ -143,7 +142,7 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 class _FitTask:
     """Minibatches of the training rows, the objective, regularisation and validation."""
 
-    kind = "fit"
+    kind = desc = "fit"
 
     def __init__(
         self,
@@ -294,35 +293,36 @@ def _objective(objective: Any, kwargs: dict[str, Any]) -> Objective:
     )
 
 
+#: ``fit``'s own keywords (the others are the loop's, :class:`~pyroflows.infer.LoopConfig`).
+FIT_OPTIONS = (
+    "context",
+    "epochs",
+    "batch_size",
+    "val_fraction",
+    "val_data",
+    "val_context",
+    "device",
+    "objective",
+    "objective_kwargs",
+    "regularization",
+)
+
+
 def fit(
     flow: nn.Module,
     data: Any,
     *,
     context: Any = None,
-    steps: int | None = None,
     epochs: int | None = None,
     batch_size: int = 256,
-    lr: float = 1e-3,
-    optimizer: Any = "adam",
-    lr_schedule: Any = None,
-    warmup: int = 0,
-    weight_decay: float = 0.0,
-    clip_grad: float | None = None,
     val_fraction: float = 0.1,
     val_data: Any = None,
     val_context: Any = None,
-    patience: int | None = None,
-    eval_every: int | None = None,
-    progress: bool = True,
-    seed: int | None = None,
     device: str | torch.device | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: int = 100,
-    resume: bool = False,
-    callbacks: Sequence[Callable] | Callable = (),
     objective: str | Objective = "nll",
     objective_kwargs: dict[str, Any] | None = None,
     regularization: dict[str, float] | None = None,
+    **options: Any,
 ) -> History:
     """Fit ``flow`` to ``data`` by maximum likelihood (or another ``objective``).
 
@@ -333,40 +333,13 @@ def fit(
             images. Moved to the flow's device and dtype. Shapes and finiteness are checked
             before training, with errors that locate the bad rows.
         context: ``(N, context_dim)`` contexts for a conditional flow, row for row with ``data``.
-        steps, epochs: training length (give at most one; default 1000 steps); whole numbers
-            (``1e4`` is accepted, ``2.5`` refused). An epoch is ``N_train // batch_size`` steps;
-            each epoch visits the rows in a fresh random order.
-        batch_size, lr, weight_decay: minibatch size, learning rate, decoupled weight decay.
-        optimizer: ``"adam"`` (AdamW when ``weight_decay`` > 0), ``"adamw"``, ``"sgd"``,
-            ``"rmsprop"``, or a ``torch.optim`` class / factory ``(params, lr=...)``.
-        lr_schedule: ``None``, ``"cosine"`` (to 0 over the run), or a factory
-            ``optimizer -> scheduler`` (``ReduceLROnPlateau`` is stepped with the validation loss).
-        warmup: raise the learning rate linearly over the first ``warmup`` steps (with
-            ``lr_schedule`` ``None`` or ``"cosine"``); lets flow matching use larger rates.
-        clip_grad: maximum global gradient norm.
+        epochs: training length in epochs instead of ``steps`` (give at most one; default 1000
+            steps). An epoch is ``N_train // batch_size`` steps; each epoch visits the rows in
+            a fresh random order.
+        batch_size: minibatch size.
         val_fraction: share of ``data`` held out for validation (ignored when ``val_data`` is
             given; 0 disables validation). ``val_context`` goes with ``val_data``.
-        patience: stop after this many validation checks without improvement.
-        eval_every: steps between validation checks; the last step is always checked. The
-            default is once per epoch, within 10 to 100 checks per run:
-            ``min(max(epoch, ceil(steps / 100)), ceil(steps / 10))`` steps apart (so a small
-            table, whose epoch is a single step, is checked every ``steps / 100`` steps, not
-            at every step). ``patience`` counts these checks.
-        progress: show a tqdm bar with the loss (only when stderr is a terminal).
-        seed: seeds Pyro/torch/numpy/random and the batch order, for a reproducible run.
         device: move the flow there first (default: where it is).
-        checkpoint, checkpoint_every: save everything needed to resume to ``checkpoint`` every
-            ``checkpoint_every`` steps, at the end, and when interrupted between two steps
-            (Ctrl-C, or an exception raised by a callback).
-        resume: continue from ``checkpoint`` if the file exists (exactly: the weights end
-            bit-identical to an uninterrupted run); start afresh if it does not. The checkpoint
-            records the flow's class and configuration, a SHA-256 of the training and
-            validation rows (values and order), the batch size, the optimiser's class and
-            options (``lr`` and ``weight_decay`` included), ``lr_schedule`` and ``warmup``; a
-            resume where any of them differs is refused with a ``ValueError`` before any weight
-            is overwritten (a changed ``lr`` is refused, not applied). ``steps``, ``patience``,
-            ``eval_every``, ``clip_grad`` and ``callbacks`` may change and take effect.
-        callbacks: ``cb(step, history, flow) -> bool | None`` after every step; ``True`` stops.
         objective: ``"nll"``; ``"flow_matching"`` (``pyroflows.infer.flow_matching``, with
             ``objective_kwargs``; its validation loss is the same flow-matching loss on the
             validation rows, with the same noise at every check; not a likelihood); or a callable
@@ -376,6 +349,12 @@ def fit(
             and ``sum(weight * value)`` is added to the training loss (not to the validation
             loss). All reported values are recorded in ``History.regularization``, and the
             ``nfe`` of modules that have one in ``History.nfe``.
+        **options: the training loop's options, documented in
+            :class:`~pyroflows.infer.LoopConfig`: ``steps``, ``lr`` (default 1e-3),
+            ``optimizer``, ``lr_schedule``, ``warmup``, ``weight_decay``, ``clip_grad``,
+            ``eval_every``, ``patience``, ``progress``, ``seed``, ``checkpoint``,
+            ``checkpoint_every``, ``resume``, ``callbacks`` (``cb(step, history, flow)``). An
+            unknown keyword raises a ``TypeError`` naming the closest option.
 
     Returns:
         The :class:`~pyroflows.infer.History` (train/validation losses, best step, rollbacks...).
@@ -401,18 +380,14 @@ def fit(
         raise TypeError(
             f"flow must be a pyroflows Flow (an nn.Module with event_shape); got {type(flow).__name__}"
         )
-    if steps is not None and epochs is not None:
+    cfg = loop_config("fit", options, own=FIT_OPTIONS)  # checks every loop option
+    if cfg.steps is not None and epochs is not None:
         raise ValueError("give steps or epochs, not both")
     # whole numbers (1e4 is fine, 2.5 is refused) and fractions, before any work is done
-    steps = None if steps is None else whole_number("steps", steps, 1)
     epochs = None if epochs is None else whole_number("epochs", epochs, 1)
     batch_size = whole_number("batch_size", batch_size, 1)
-    seed = None if seed is None else whole_number("seed", seed, 0)
-    eval_every = None if eval_every is None else whole_number("eval_every", eval_every, 1)
     if real_number("val_fraction", val_fraction, 0.0) >= 1.0:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=path")
     if device is not None:
         flow.to(device)
     dtype, dev = _reference(flow)
@@ -435,20 +410,7 @@ def fit(
         )
 
     c = _context(context, "context", len(x), "data")
-    ckpt = load_checkpoint(checkpoint) if resume else None
-    if ckpt is not None and seed is not None and seed != ckpt.get("seed"):
-        raise ValueError(
-            f"cannot resume from {checkpoint}: its run used seed={ckpt.get('seed')}, this one "
-            f"seed={seed} (the seed fixes the validation split and the batch order); pass the "
-            "same seed or seed=None, or resume=False to start over"
-        )
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    if ckpt is not None:
-        base = int(ckpt["seed"])
-    else:
-        base = seed if seed is not None else int(torch.randint(2**31 - 1, ()))
-
+    run = Run(cfg, seed_fixes="the validation split and the batch order")
     val = None
     if val_data is not None:
         vx = check_rows(val_data, "val_data", shape, dtype=dtype, device=dev)
@@ -457,10 +419,10 @@ def fit(
         raise ValueError("val_context goes with val_data")
     elif val_fraction > 0 and len(x) >= 2:
         n_val = min(max(1, round(len(x) * val_fraction)), len(x) - 1)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(base)).to(dev)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(run.seed)).to(dev)
         val = (x[perm[:n_val]], None if c is None else c[perm[:n_val]])
         x, c = x[perm[n_val:]], None if c is None else c[perm[n_val:]]
-    if patience is not None and val is None:
+    if cfg.patience is not None and val is None:
         raise ValueError("patience needs validation data: set val_fraction > 0 or pass val_data")
 
     task = _FitTask(
@@ -469,33 +431,18 @@ def fit(
         c,
         val,
         batch_size=batch_size,
-        seed=base,
+        seed=run.seed,
         objective=_objective(objective, dict(objective_kwargs or {})),
         regularization=dict(regularization or {}),
     )
+    steps = cfg.steps
     if steps is None:
-        steps = epochs * task.per_epoch if epochs is not None else 1000
+        steps = epochs * task.per_epoch if epochs is not None else DEFAULT_STEPS
+    eval_every = cfg.eval_every
     if eval_every is None:
         eval_every = default_eval_every(steps, task.per_epoch)
-    cfg = LoopConfig(
-        steps=steps,
-        lr=lr,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        warmup=warmup,
-        weight_decay=weight_decay,
-        clip_grad=clip_grad,
-        eval_every=eval_every,
-        patience=patience,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        callbacks=(callbacks,) if callable(callbacks) else tuple(callbacks),
-        seed=base,
-        desc="fit",
-    )
     was_training = flow.training
     try:
-        return train(task, cfg, ckpt)
+        return run.train(task, steps=steps, eval_every=eval_every)
     finally:
         flow.train(was_training)

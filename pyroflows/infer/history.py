@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # diagnostics import infer, not the reverse
+    from ..diagnostics.arviz import PSISDiagnostic
 
 __all__ = ["NAN", "History"]
 
@@ -35,6 +38,9 @@ class History:
         regularization: name -> value per step, as reported by modules' ``regularization()``.
         nfe: function evaluations per step of modules with an ``nfe`` attribute (summed).
         beta: inverse temperature per step (``fit_svi(anneal=...)``).
+        final_check: ``fit_svi``'s final check of the guide, a
+            :class:`~pyroflows.PSISDiagnostic` (``None`` for ``fit``, and when the check was
+            off, the fit diverged or the check could not run).
 
     Example:
         >>> import torch, pyroflows as pf
@@ -60,6 +66,7 @@ class History:
     regularization: dict[str, list[float]] = field(default_factory=dict)
     nfe: list[float] = field(default_factory=list)
     beta: list[float] = field(default_factory=list)
+    final_check: PSISDiagnostic | None = None
 
     @property
     def steps(self) -> int:
@@ -94,13 +101,28 @@ class History:
                 seq.extend([NAN] * (len(self.train_loss) - len(seq)))
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain data for a checkpoint; :meth:`from_state_dict` rebuilds the History."""
+        """Plain data for a checkpoint (``final_check`` as a dict of its numbers);
+        :meth:`from_state_dict` rebuilds the History.
+
+        Example:
+            >>> from pyroflows import PSISDiagnostic
+            >>> h = History(train_loss=[1.0], final_check=PSISDiagnostic(0.2, 90.0, -1.0, -1.1, 100))
+            >>> History.from_state_dict(h.state_dict()).final_check.verdict
+            'good'
+        """
         return dataclasses.asdict(self)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> History:
+        """The History of :meth:`state_dict`'s data (keys it does not know are ignored, and
+        those it lacks, e.g. in an older checkpoint, take their defaults)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in state.items() if k in names})
+        values = {k: v for k, v in state.items() if k in names}
+        if isinstance(values.get("final_check"), dict):
+            from ..diagnostics.arviz import PSISDiagnostic
+
+            values["final_check"] = PSISDiagnostic(**values["final_check"])
+        return cls(**values)
 
     def __repr__(self) -> str:
         last = f"{self.train_loss[-1]:.4g}" if self.train_loss else "-"

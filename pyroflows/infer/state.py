@@ -1,9 +1,9 @@
 """Copies of training state: the rollback snapshot, RNG states, fingerprints and checkpoint files.
 
-The internal API of :mod:`pyroflows.infer.engine`: :class:`Snapshot`, :func:`copy_into`,
-:func:`all_finite`, :func:`rng_state` / :func:`set_rng_state`, :func:`fingerprint`,
-:func:`tensor_mismatches`, :func:`check_resumable`, :func:`write_atomically` and
-:func:`load_checkpoint`. A checkpoint is
+The internal API of the training loop (:mod:`pyroflows.infer.loop` and
+:mod:`pyroflows.infer.engine`): :class:`Snapshot`, :func:`copy_into`, :func:`all_finite`,
+:func:`rng_state` / :func:`set_rng_state`, :func:`fingerprint`, :func:`tensor_mismatches`,
+:func:`check_resumable`, :func:`write_atomically` and :func:`load_checkpoint`. A checkpoint is
 a ``torch.save`` dictionary (format :data:`CHECKPOINT_FORMAT`) that loads with
 ``weights_only=True``.
 """

@@ -16,14 +16,13 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
-import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -35,7 +34,8 @@ from torch import Tensor, nn
 
 from ..flows import FlowDistribution
 from ..transforms.base import FlowTransform
-from .engine import History, LoopConfig, load_checkpoint, train
+from .config import LOOP_OPTIONS, loop_config, unexpected_keyword, whole_number
+from .engine import History, Run
 
 __all__ = ["TraceSTL_ELBO", "anneal_beta", "fit_svi"]
 
@@ -290,12 +290,13 @@ class _SVITask:
     """The negative ELBO of ``(model, guide)``; parameters found by tracing ``param`` sites."""
 
     kind = "svi"
+    desc = "fit_svi"
     has_validation = False
 
     def __init__(self, model, guide, args, kwargs, elbo: ELBO, anneal: int) -> None:
         self.model, self.guide, self.target = model, guide, guide
         self.args, self.kwargs = args, kwargs
-        self.elbo, self.anneal = elbo, int(anneal)
+        self.elbo, self.anneal = elbo, anneal
         self._params: dict[str, Tensor] = {}
         # one pass to create the parameters (and let the ELBO guess max_plate_nesting)
         self._evaluate(0)
@@ -343,34 +344,45 @@ class _SVITask:
         raise NotImplementedError
 
 
+#: ``fit_svi``'s defaults of loop options whose ``fit`` default differs
+#: (:class:`~pyroflows.infer.LoopConfig` holds the rest).
+SVI_DEFAULTS: dict[str, Any] = {"lr": 1e-2}
+
+#: ``fit_svi``'s own keywords (the others are the loop's, then the model's and guide's).
+SVI_OPTIONS = ("loss", "num_particles", "anneal", "final_check", "num_check_samples")
+
+
+def _check_model_keywords(model: Callable, kwargs: dict[str, Any]) -> None:
+    """Refuse a keyword that is neither a loop option nor one the model can take (a misspelt
+    option such as ``stpes=``), with the closest option; a model whose signature cannot be read,
+    or that takes ``**kwargs``, receives them all."""
+    try:
+        params = inspect.signature(model).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for name in kwargs:
+        if name not in params or params[name].kind is inspect.Parameter.POSITIONAL_ONLY:
+            raise unexpected_keyword("fit_svi", name, [*LOOP_OPTIONS, *SVI_OPTIONS, *params])
+
+
 def fit_svi(
     model: Callable,
     guide: Callable,
     *args: Any,
-    steps: int = 1000,
-    lr: float = 1e-2,
-    num_particles: int = 1,
     loss: str | ELBO = "elbo",
+    num_particles: int = 1,
     anneal: int = 0,
-    progress: bool = True,
-    clip_grad: float | None = None,
-    seed: int | None = None,
-    checkpoint: str | Path | None = None,
-    checkpoint_every: int = 100,
-    resume: bool = False,
-    callbacks: Sequence[Callable] | Callable = (),
-    optimizer: Any = "adam",
-    lr_schedule: Any = None,
-    warmup: int = 0,
     final_check: bool = True,
     num_check_samples: int = 1000,
     **kwargs: Any,
 ) -> History:
     """Fit ``guide`` (any Pyro guide, e.g. :class:`pyroflows.AutoFlow` or Pyro's autoguides) and
-    the model's parameters by maximising the ELBO; ``*args, **kwargs`` go to model and guide.
+    the model's parameters by maximising the ELBO; ``*args`` and the keywords that are not
+    options go to model and guide.
 
     Args:
-        steps, lr, optimizer, lr_schedule, warmup, clip_grad: as in :func:`~pyroflows.infer.fit`.
         num_particles: samples per ELBO estimate (vectorised over particles when > 1 and the
             model allows it; otherwise a loop over particles).
         loss: ``"elbo"`` (Pyro's ``Trace_ELBO``), ``"stl"`` (:class:`TraceSTL_ELBO`, the
@@ -378,8 +390,6 @@ def fit_svi(
         anneal: temper the model's log-density (every model site, latent and observed; never
             the guide) by :math:`\\beta` rising linearly from 0.01 to 1 over the first
             ``anneal`` steps (:func:`anneal_beta`), via ``pyro.poutine.scale``.
-        seed, progress, checkpoint, checkpoint_every, resume, callbacks: as in ``fit``;
-            callbacks receive ``(step, history, guide)``.
         final_check: after training, judge the guide by PSIS (:func:`~pyroflows.psis_diagnostic`
             from ``num_check_samples`` draws, one vectorised pass where the model allows it) and
             look for a stalled fit; warn (``RuntimeWarning``) and say so in
@@ -388,6 +398,14 @@ def fit_svi(
             learning rate three times or more, or when the ELBO of the last tenth of the steps
             is no better than that of the first tenth. The global RNG state is left as it was.
         num_check_samples: guide draws of the final check (>= 2; k-hat wants a few hundred).
+        **kwargs: the training loop's options, documented in
+            :class:`~pyroflows.infer.LoopConfig` and shared with :func:`~pyroflows.infer.fit`:
+            ``steps`` (default 1000), ``lr`` (default 1e-2), ``optimizer``, ``lr_schedule``,
+            ``warmup``, ``weight_decay``, ``clip_grad``, ``progress``, ``seed``,
+            ``checkpoint``, ``checkpoint_every``, ``resume``, ``callbacks`` (``cb(step,
+            history, guide)``); ``eval_every`` and ``patience`` are ``fit``'s (there is no
+            validation loss here). The other keywords go to the model and the guide; one the
+            model cannot take raises a ``TypeError`` naming the closest option.
 
     Returns:
         :class:`~pyroflows.infer.History`: ``train_loss`` is the negative ELBO estimate per
@@ -409,10 +427,16 @@ def fit_svi(
         >>> history.steps, history.final_check.verdict, history.message
         (100, 'good', '')
     """
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs checkpoint=path")
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be >= 1; got {num_particles}")
+    options = {k: kwargs.pop(k) for k in LOOP_OPTIONS if k in kwargs}
+    cfg = loop_config("fit_svi", options, own=SVI_OPTIONS, defaults=SVI_DEFAULTS)
+    for name in ("eval_every", "patience"):
+        if getattr(cfg, name) is not None:
+            raise TypeError(
+                f"fit_svi has no validation loss, so it takes no {name} (an option of fit)"
+            )
+    _check_model_keywords(model, kwargs)
+    num_particles = whole_number("num_particles", num_particles, 1)
+    anneal = whole_number("anneal", anneal, 0)
     if final_check and (
         isinstance(num_check_samples, bool)
         or not isinstance(num_check_samples, int)
@@ -429,9 +453,7 @@ def fit_svi(
         elbo = cls(num_particles=num_particles, vectorize_particles=num_particles > 1)
     else:
         raise ValueError(f"loss must be 'elbo', 'stl' or a pyro ELBO; got {loss!r}")
-    ckpt = load_checkpoint(checkpoint) if resume else None
-    if seed is not None:
-        pyro.set_rng_seed(seed)
+    run = Run(cfg, seed_fixes="the initial parameters and the ELBO's random draws")
     if isinstance(loss, ELBO) or num_particles == 1:
         task = _SVITask(model, guide, args, kwargs, elbo, anneal)
     else:
@@ -443,22 +465,7 @@ def fit_svi(
             what="particles",
             stacklevel=2,
         )
-    cfg = LoopConfig(
-        steps=int(steps),
-        lr=lr,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        warmup=warmup,
-        clip_grad=clip_grad,
-        progress=progress,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        callbacks=(callbacks,) if callable(callbacks) else tuple(callbacks),
-        seed=0 if seed is None else int(seed),
-        desc="fit_svi",
-    )
-    history = train(task, cfg, ckpt)
-    history.final_check = None  # type: ignore[attr-defined]
+    history = run.train(task)
     if final_check and not history.diverged:
         _final_check(history, model, guide, args, kwargs, num_check_samples)
     return history
@@ -505,7 +512,7 @@ def _final_check(
             "pass final_check=False to skip it"
         )
     else:
-        history.final_check = diag  # type: ignore[attr-defined]
+        history.final_check = diag
         if diag.k_hat > 0.7:
             problems.append(
                 f"the fitted guide is unreliable: {diag}. Its importance weights have a heavy "
