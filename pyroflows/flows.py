@@ -711,7 +711,10 @@ class NSF(Flow):
         hidden_dims: hidden sizes of each conditioner.
         context_dim: context size (0: unconditional).
         bins: spline bins :math:`K` per coordinate.
-        bound: half-width :math:`B` of the spline interval; the identity outside.
+        bound: half-width :math:`B` of the spline interval; the identity outside, so a spline
+            maps :math:`[-B, B]` onto itself: standardise data (or guide targets) wider than that.
+            Defaults ``bins=8, bound=5``: on two moons (1000 steps, 2 seeds) they tied with
+            ``bins=16`` (0.330 vs 0.329 nats) at half the parameters, and beat ``bound=3``.
         fast: ``None`` (coupling), ``"density"`` or ``"sample"`` (autoregressive).
         activation: activation class of the conditioners.
         base: ``"normal"`` or ``"diag"``.
