@@ -178,7 +178,7 @@ REGISTRY: dict[str, Entry] = {
         context_dim=2,
     ),
     "cond_spline_coupling_1d": Entry(
-        lambda: T.ConditionalCoupling(1, 2, H, transformer="spline", bins=4, bound=2.0),
+        lambda: T.ConditionalCoupling(1, 2, H, transformer="spline", bins=4),  # inside +-5
         shape=(1,),
         context_dim=2,
     ),
