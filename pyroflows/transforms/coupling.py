@@ -1,16 +1,18 @@
-r"""Coupling layers: NICE (additive) and RealNVP (affine) share one implementation.
+r"""Coupling layers: NICE (additive), RealNVP (affine) and NSF (spline) share one implementation.
 
 The input is split into an identity part :math:`x_a` and a transformed part :math:`x_b`;
 a conditioner network :math:`\theta = g(x_a, c)` parameterises an elementwise transformer:
 
 .. math:: y_a = x_a, \qquad y_b = \tau(x_b; \theta(x_a, c)).
 
-Both directions cost one network pass. Image forms (channel and checkerboard masks with a conv
+Both directions cost one network pass. With ``input_dim=1`` a conditional layer has no identity
+part: its conditioner reads the context alone, :math:`y = \tau(x; \theta(c))`. Image forms (channel and checkerboard masks with a conv
 conditioner) subclass :class:`Coupling` and override only ``_split``/``_merge``.
 
 References:
     [1] L. Dinh, D. Krueger, Y. Bengio. NICE: Non-linear Independent Components Estimation. 2014.
     [2] L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP. ICLR 2017.
+    [3] C. Durkan, A. Bekasov, I. Murray, G. Papamakarios. Neural Spline Flows. NeurIPS 2019.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from ..nn import MLP
 from .base import ConditionalFlowTransform, FlowTransform
-from .elementwise import TRANSFORMERS, sum_event
+from .elementwise import get_transformer, sum_event
 
 __all__ = [
     "ConditionalCoupling",
@@ -31,6 +33,8 @@ __all__ = [
     "affine_coupling",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
+    "conditional_spline_coupling",
+    "spline_coupling",
 ]
 
 
@@ -40,11 +44,14 @@ class Coupling(FlowTransform):
     Args:
         input_dim: dimension :math:`D` of the data.
         hidden_dims: hidden sizes of the dense conditioner.
-        transformer: ``"affine"`` (RealNVP) or ``"additive"`` (NICE).
+        transformer: ``"affine"`` (RealNVP), ``"additive"`` (NICE) or ``"spline"`` (NSF, a
+            rational-quadratic spline, :func:`~pyroflows.transforms.elementwise.rational_quadratic_spline`).
         swap: transform the first part and keep the second (alternate it between layers).
         split_dim: size of the first part (default ``D // 2``).
         context_dim: context size for the conditional variant.
         log_scale_bound: soft bound :math:`b` on affine log-scales.
+        bins: spline bins :math:`K` (``transformer="spline"`` only).
+        bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
         activation: activation class of the conditioner.
         conditioner: a network ``(x_a, context) -> params`` to use instead of the default MLP;
             it must return ``num_params`` values per transformed coordinate stacked on axis
@@ -69,24 +76,32 @@ class Coupling(FlowTransform):
         split_dim: int | None = None,
         context_dim: int = 0,
         log_scale_bound: float | None = 3.0,
+        bins: int = 8,
+        bound: float = 5.0,
         activation: type[nn.Module] = nn.ReLU,
         conditioner: nn.Module | None = None,
         event_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__(event_shape or (input_dim,), context_dim=context_dim)
-        if transformer not in TRANSFORMERS:
-            raise ValueError(
-                f"transformer must be one of {sorted(TRANSFORMERS)}; got {transformer!r}"
-            )
-        self.num_params, self._tau = TRANSFORMERS[transformer]
-        self.transformer, self.swap, self.bound = transformer, bool(swap), log_scale_bound
+        self.num_params, self._tau = get_transformer(
+            transformer, log_scale_bound=log_scale_bound, bins=bins, bound=bound
+        )
+        self.transformer, self.swap = transformer, bool(swap)
         if conditioner is None:
-            if input_dim < 2:
-                raise ValueError(f"a coupling layer needs input_dim >= 2; got {input_dim}")
-            d = input_dim // 2 if split_dim is None else int(split_dim)
-            if not 0 < d < input_dim:
-                raise ValueError(f"split_dim must be in [1, {input_dim - 1}]; got {split_dim}")
-            self.sizes = [d, input_dim - d]
+            if input_dim == 1 and context_dim:  # nothing to keep: parameters from the context
+                d = 0 if split_dim is None else int(split_dim)
+                if d != 0:
+                    raise ValueError(f"split_dim must be 0 (or None) for input_dim=1; got {d}")
+                self.sizes = [1, 0] if self.swap else [0, 1]
+            elif input_dim < 2:
+                raise ValueError(
+                    f"a coupling layer needs input_dim >= 2 (or a context); got {input_dim}"
+                )
+            else:
+                d = input_dim // 2 if split_dim is None else int(split_dim)
+                if not 0 < d < input_dim:
+                    raise ValueError(f"split_dim must be in [1, {input_dim - 1}]; got {split_dim}")
+                self.sizes = [d, input_dim - d]
             d_id, d_tr = (self.sizes[1], self.sizes[0]) if self.swap else self.sizes
             conditioner = MLP(
                 d_id,
@@ -113,13 +128,16 @@ class Coupling(FlowTransform):
     def _couple(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         ident, trans = self._split(v)
         params = self._params(ident, context)
-        out, s = self._tau(trans, params, inverse=inverse, bound=self.bound)
+        out, s = self._tau(trans, params, inverse=inverse)
         n = len(self.event_shape)
         batch = out.shape[: out.dim() - n]
         if ident.shape[: ident.dim() - n] != batch:  # a batched context broadcasts the output
             ident = ident.expand(*batch, *ident.shape[ident.dim() - n :])
-        ld = sum_event(s, n) if s is not None else out.new_zeros(batch)
+        ld = self._log_det(s, n) if s is not None else out.new_zeros(batch)
         return self._merge(ident, out), ld
+
+    def _log_det(self, s: Tensor, event_dims: int) -> Tensor:
+        return sum_event(s, event_dims)
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
@@ -135,10 +153,16 @@ class Coupling(FlowTransform):
 class ConditionalCoupling(ConditionalFlowTransform, Coupling):
     """Conditional :class:`Coupling`: the conditioner also sees a context vector.
 
+    With ``input_dim=1`` the one coordinate is transformed with parameters computed from the
+    context alone (a conditional elementwise transform).
+
     Example:
         >>> t = ConditionalCoupling(4, context_dim=2, hidden_dims=(8,))
         >>> t.condition(torch.randn(2)).inv(torch.randn(5, 4)).shape
         torch.Size([5, 4])
+        >>> one = ConditionalCoupling(1, context_dim=2, hidden_dims=(8,), transformer="spline")
+        >>> one.sizes, one.condition(torch.randn(5, 2)).inv(torch.randn(5, 1)).shape
+        ([0, 1], torch.Size([5, 1]))
     """
 
     def __init__(
@@ -184,4 +208,34 @@ def conditional_additive_coupling(
     """Conditional additive coupling layer."""
     return ConditionalCoupling(
         input_dim, context_dim, _hidden(input_dim, hidden_dims), transformer="additive", **kwargs
+    )
+
+
+def spline_coupling(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> Coupling:
+    """Rational-quadratic spline coupling layer (NSF [3]), Pyro-helper style; options ``bins``,
+    ``bound``, ``swap``, ``split_dim``; works with ``iterated``.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.distributions.transforms import iterated
+        >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> d = dist.TransformedDistribution(base, iterated(2, spline_coupling, 2, bins=4))
+        >>> d.log_prob(d.rsample((5,))).shape
+        torch.Size([5])
+    """
+    return Coupling(input_dim, _hidden(input_dim, hidden_dims), transformer="spline", **kwargs)
+
+
+def conditional_spline_coupling(
+    input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs
+) -> ConditionalCoupling:
+    """Conditional spline coupling layer (``input_dim=1`` allowed: parameters from the context).
+
+    Example:
+        >>> t = conditional_spline_coupling(1, 3)
+        >>> t.condition(torch.randn(4, 3))(torch.randn(4, 1)).shape
+        torch.Size([4, 1])
+    """
+    return ConditionalCoupling(
+        input_dim, context_dim, _hidden(input_dim, hidden_dims), transformer="spline", **kwargs
     )

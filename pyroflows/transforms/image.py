@@ -14,8 +14,8 @@ split, the merge and the parameter layout, so the coupling math lives in one pla
   (:class:`~pyroflows.nn.ConvNet`) sees it and parameterises the other half;
 * checkerboard mask [1]: with :math:`b_{ij} = (i + j) \bmod 2`, the conditioner sees
   :math:`b \odot x` and its outputs are multiplied by :math:`1 - b`, so the transformer
-  (additive or affine) is the identity on the pixels it sees and the log-det sums over the
-  others only.
+  (additive, affine or spline) has zero parameters (the identity) on the pixels it sees; those
+  pixels are passed through exactly and the log-det sums over the others only.
 
 References:
     [1] L. Dinh, J. Sohl-Dickstein, S. Bengio. Density estimation using Real NVP. ICLR 2017.
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..nn.conv import ConvNet
 from .base import ConditionalFlowTransform, FlowTransform
 from .coupling import Coupling
-from .elementwise import TRANSFORMERS
+from .elementwise import get_transformer, sum_event
 
 __all__ = [
     "ConditionalImageCoupling",
@@ -194,12 +194,6 @@ class Reshape(_Reshuffle):
         return y.reshape(*batch, *self.event_shape), y.new_zeros(batch)
 
 
-def _num_params(transformer: str) -> int:
-    if transformer not in TRANSFORMERS:
-        raise ValueError(f"transformer must be one of {sorted(TRANSFORMERS)}; got {transformer!r}")
-    return TRANSFORMERS[transformer][0]
-
-
 class ImageCoupling(Coupling):
     r"""Coupling layer on images with a channel or checkerboard mask and a convolutional
     conditioner [1, 2]; fast in both directions (one conditioner pass each way).
@@ -210,12 +204,15 @@ class ImageCoupling(Coupling):
         shape: image shape ``(C, H, W)``.
         hidden_channels: hidden channels of the :class:`~pyroflows.nn.ConvNet` conditioner.
         mask: ``"channel"`` (needs ``C >= 2``) or ``"checkerboard"``.
-        transformer: ``"affine"`` (RealNVP, Glow) or ``"additive"`` (NICE).
+        transformer: ``"affine"`` (RealNVP, Glow), ``"additive"`` (NICE) or ``"spline"`` (NSF's
+            rational-quadratic spline; ``bins``, ``bound``).
         swap: channel mask: transform the first channels and keep the rest (instead of keeping
             the first); checkerboard mask: use the other parity. Alternate it between layers.
         split_channels: channel mask: size of the first channel block (default ``C // 2``).
         context_dim: context size (conditional variant), appended as constant channels.
         log_scale_bound: soft bound on affine log-scales.
+        bins: spline bins :math:`K` (``transformer="spline"`` only).
+        bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
         activation: activation class of the conditioner.
 
     Example:
@@ -238,10 +235,13 @@ class ImageCoupling(Coupling):
         split_channels: int | None = None,
         context_dim: int = 0,
         log_scale_bound: float | None = 3.0,
+        bins: int = 8,
+        bound: float = 5.0,
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         c, h, w = image_shape(shape)
-        k = _num_params(transformer)
+        options = dict(log_scale_bound=log_scale_bound, bins=bins, bound=bound)
+        k = get_transformer(transformer, **options)[0]
         conv = dict(context_dim=context_dim, activation=activation)
         if mask == "channel":
             if c < 2:
@@ -265,8 +265,8 @@ class ImageCoupling(Coupling):
             transformer=transformer,
             swap=swap,
             context_dim=context_dim,
-            log_scale_bound=log_scale_bound,
             conditioner=conditioner,
+            **options,
             event_shape=(c, h, w),
         )
         self.mask, self.sizes = mask, sizes
@@ -283,8 +283,8 @@ class ImageCoupling(Coupling):
         return (b, a) if self.swap else (a, b)
 
     def _merge(self, ident: Tensor, trans: Tensor) -> Tensor:
-        if self.mask == "checkerboard":
-            return trans  # the transformer is the identity where the board is 1
+        if self.mask == "checkerboard":  # ident = board * x: seen pixels pass exactly
+            return ident + trans * (1 - self.board)
         ident = ident.expand(*trans.shape[:-3], *ident.shape[-3:])
         return torch.cat((trans, ident) if self.swap else (ident, trans), dim=-3)
 
@@ -294,6 +294,11 @@ class ImageCoupling(Coupling):
             keep = 1 - self.board
             params = tuple(p * keep for p in params)
         return params
+
+    def _log_det(self, s: Tensor, event_dims: int) -> Tensor:
+        if self.mask == "checkerboard":
+            s = s * (1 - self.board)
+        return sum_event(s, event_dims)
 
     def _layer_name(self) -> str:
         return f"ImageCoupling({self.mask})"
