@@ -51,6 +51,7 @@ __all__ = [
     "IAF",
     "MAF",
     "NICE",
+    "NSF",
     "Flow",
     "FlowDistribution",
     "Glow",
