@@ -69,7 +69,7 @@ def digit_sets(seed: int) -> dict[str, Tensor]:
     )
     m = test.shape[0]
     shifts = torch.randint(0, 4, (m,), generator=g)
-    shifted = torch.stack([_translate(img, int(s), 2) for img, s in zip(test, shifts)])
+    shifted = torch.stack([_translate(img, int(s), 2) for img, s in zip(test, shifts, strict=True)])
     return {
         "train": train,
         "reference": ref,
@@ -146,7 +146,7 @@ def run_table(args) -> tuple[pf.diagnostics.OODReport, float]:
         reference=ref,
         background="perturbed",
         train_data=train,
-        mutation_rate=0.2,
+        mutation_rate=args.mutation_rate,
         background_fit=dict(steps=args.table_steps, **common),
         precision=0.01,
         seed=args.seed,
@@ -156,9 +156,9 @@ def run_table(args) -> tuple[pf.diagnostics.OODReport, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=2000, help="training steps per digits flow")
-    parser.add_argument("--table-steps", type=int, default=1500, help="steps per table flow")
-    parser.add_argument("--mutation-rate", type=float, default=0.2)
+    parser.add_argument("--steps", type=int, default=1000, help="training steps per digits flow")
+    parser.add_argument("--table-steps", type=int, default=1000, help="steps per table flow")
+    parser.add_argument("--mutation-rate", type=float, default=0.3)
     parser.add_argument("--table-shift", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -185,7 +185,8 @@ def test_perturbed_background_is_the_same_flow_family_trained_on_mutated_inputs(
     fresh = pf.MAF(3, num_layers=2, hidden_dims=(8,))
     fresh.load_state_dict(flow.state_dict())
     assert any(
-        not torch.equal(a, b) for a, b in zip(bg.state_dict().values(), fresh.state_dict().values())
+        not torch.equal(a, b)
+        for a, b in zip(bg.state_dict().values(), fresh.state_dict().values(), strict=True)
     )
     assert det.scores(torch.randn(4, 3)).shape == (4,)
 
@@ -230,7 +231,7 @@ def test_compare_reports_every_method_and_picks_the_best():
     torch.manual_seed(0)
     flow, background = gaussian_flow(10), gaussian_flow(10, scale=3.0)
     det = OODDetector(flow, torch.randn(500, 10), background=background)
-    assert det.methods == ("likelihood", "typicality", "ratio", "complexity")
+    assert det.methods == ("likelihood", "typicality", "ratio", "complexity", "combined")
     near_mode = 0.05 * torch.randn(300, 10)
     far = torch.randn(300, 10) + 5
     report = det.compare(torch.randn(300, 10), {"mode": near_mode, "far": far})
@@ -253,3 +254,17 @@ def test_ood_benchmark_returns_and_prints_the_table(capsys):
     assert report.auroc("far", "likelihood") == 1.0
     out = capsys.readouterr().out
     assert "| far | likelihood | 1.000 | 1.000 | 1.000 |" in out
+
+
+def test_combined_is_the_sum_of_standardised_likelihood_and_complexity():
+    torch.manual_seed(0)
+    flow = gaussian_flow(4)
+    ref, x = torch.randn(200, 4), 2 * torch.randn(30, 4)
+    det = OODDetector(flow, ref, method="combined", precision=0.01)
+    expected = 0
+    for m in ("likelihood", "complexity"):
+        r = det.scores(ref, method=m)
+        expected = expected + (det.scores(x, method=m) - r.mean()) / r.std()
+    torch.testing.assert_close(det.scores(x), expected)
+    # the reference scores of a standardised sum have mean zero
+    assert abs(float(det.scores(ref).mean())) < 1e-9
