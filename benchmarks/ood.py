@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -173,17 +172,23 @@ def main(argv: list[str] | None = None) -> None:
         f"\n## Gaussian-mixture table (MAF, {args.table_steps} steps + background; {t_table:.0f} s)\n"
     )
     print(table_report)
-    sets = sorted({r["dataset"] for r in digits_report.rows})
-    means = {
-        m: sum(digits_report.auroc(s, m) for s in sets) / len(sets)
-        for m in {r["method"] for r in digits_report.rows}
-    }
-    print(
-        "\nmean AUROC over the digits OOD sets: "
-        + ", ".join(f"{m} {v:.3f}" for m, v in sorted(means.items(), key=lambda kv: -kv[1]))
-    )
-    if not all(math.isfinite(v) for v in means.values()):
-        print("warning: a non-finite mean AUROC")
+    print("\n## AUROC (rows: OOD sets; columns: methods)\n")
+    print(auroc_matrix([digits_report, table_report]))
+
+
+def auroc_matrix(reports: list[pf.diagnostics.OODReport]) -> str:
+    """One markdown row per OOD set, one column per method, with the mean over the image sets."""
+    rows = [r for rep in reports for r in rep.rows]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    sets = list(dict.fromkeys(r["dataset"] for r in rows))
+    value = {(r["dataset"], r["method"]): r["auroc"] for r in rows}
+    lines = ["| OOD set | " + " | ".join(methods) + " |", "|---|" + "---:|" * len(methods)]
+    for s in sets:
+        lines.append(f"| {s} | " + " | ".join(f"{value[s, m]:.3f}" for m in methods) + " |")
+    image_sets = [r["dataset"] for r in reports[0].rows if r["method"] == methods[0]]
+    means = [sum(value[s, m] for s in image_sets) / len(image_sets) for m in methods]
+    lines.append("| mean over the digits sets | " + " | ".join(f"{v:.3f}" for v in means) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

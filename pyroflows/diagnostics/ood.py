@@ -10,10 +10,12 @@ is unreliable. :class:`OODDetector` calibrates on held-out in-distribution data 
   :math:`\hat H` is the mean reference NLL [2] — it flags inputs that are *too likely* as well as
   too unlikely;
 * ``"ratio"``: :math:`\log p_{\text{background}}(x) - \log p(x)` against a background flow
-  (a likelihood ratio [3, 5]), which cancels low-level statistics that dominate both
-  likelihoods; ``background="perturbed"`` trains one on mutated inputs as Ren et al. [5] do;
+  (a likelihood ratio [3, 4]), which cancels low-level statistics that dominate both
+  likelihoods; ``background="perturbed"`` trains one on mutated inputs as Ren et al. [4] do;
 * ``"complexity"``: :math:`-\log_2 p(x) - L(x)` with :math:`L` a lossless compressor's length
-  (Serra et al. [6]), which removes the reward simple inputs get from every likelihood model;
+  (Serra et al. [5]), which removes the reward simple inputs get from every likelihood model;
+* ``"combined"``: the standardised likelihood and complexity scores added (this library's
+  heuristic), which keeps what each catches;
 
 and, for a batch from one source, a bootstrap-calibrated typicality test [2]
 (:meth:`OODDetector.batch_test`). :meth:`OODDetector.compare` and :func:`ood_benchmark` report
@@ -22,10 +24,8 @@ every method's AUROC, AUPR and true-positive rate at 5 % false positives, to cho
 Scores are turned into empirical p-values against the reference scores, so a threshold means a
 false-positive rate on in-distribution data.
 
-**Exploding inverses.** Invertibility in exact arithmetic does not guarantee a stable numerical
-inverse away from the training data (Behrmann et al. [4]). :func:`inverse_stability` measures the
-reconstruction error of ``data -> base -> data`` on the inputs you care about (no cache: real
-inverses) and flags the points whose error exceeds a tolerance.
+Exploding inverses (:func:`inverse_stability`) live in :mod:`pyroflows.diagnostics.stability`
+and are re-exported here.
 
 References:
     [1] E. Nalisnick, A. Matsukawa, Y. W. Teh, D. Gorur, B. Lakshminarayanan. Do Deep Generative
@@ -34,11 +34,9 @@ References:
         Inputs to Deep Generative Models Using Typicality. arXiv:1906.02994, 2019.
     [3] R. T. Schirrmeister, Y. Zhou, T. Ball, D. Zhang. Understanding Anomaly Detection with
         Deep Invertible Networks through Hierarchies of Distributions and Features. NeurIPS 2020.
-    [4] J. Behrmann, P. Vicol, K.-C. Wang, R. Grosse, J.-H. Jacobsen. Understanding and
-        Mitigating Exploding Inverses in Invertible Neural Networks. AISTATS 2021.
-    [5] J. Ren, P. J. Liu, E. Fertig, J. Snoek, R. Poplin, M. A. DePristo, J. V. Dillon,
+    [4] J. Ren, P. J. Liu, E. Fertig, J. Snoek, R. Poplin, M. A. DePristo, J. V. Dillon,
         B. Lakshminarayanan. Likelihood Ratios for Out-of-Distribution Detection. NeurIPS 2019.
-    [6] J. Serra, D. Alvarez, V. Gomez, O. Slizovskaia, J. F. Nunez, J. Luque. Input Complexity
+    [5] J. Serra, D. Alvarez, V. Gomez, O. Slizovskaia, J. F. Nunez, J. Luque. Input Complexity
         and Out-of-distribution Detection with Likelihood-based Generative Models. ICLR 2020.
 """
 
@@ -46,14 +44,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..transforms.dequantize import dequantize
-from .checks import _forward, _inverse, steps_of
 from .ood_scores import OODReport, compressed_bits, ood_metrics, perturb_inputs
+from .stability import StabilityReport, inverse_stability
 
 __all__ = ["OODDetector", "StabilityReport", "inverse_stability", "ood_benchmark"]
 
@@ -114,9 +111,9 @@ class OODDetector:
     * ``"ratio"``: :math:`\log p_{\text{bg}}(x) - \log p(x)` against a background flow: pass a
       flow you trained on generic data, or ``background="perturbed"`` to build a flow of the same
       class and configuration and train it with :func:`~pyroflows.fit` on ``train_data``
-      perturbed with :func:`perturb_inputs` at ``mutation_rate`` (Ren et al. [5]).
+      perturbed with :func:`perturb_inputs` at ``mutation_rate`` (Ren et al. [4]).
     * ``"complexity"``: :math:`-\log_2 P(x) - L(x)`, the code length under the flow minus a
-      standard-library compressor's length in bits (:func:`compressed_bits`, Serra et al. [6]);
+      standard-library compressor's length in bits (:func:`compressed_bits`, Serra et al. [5]);
       continuous data are quantised to ``precision`` and the flow's code length is that of the
       bin, :math:`-\log_2 p(x) - D\log_2(\text{precision})`.
     * ``"combined"``: :math:`z_{\text{likelihood}}(x) + z_{\text{complexity}}(x)`, the two
@@ -431,51 +428,3 @@ def ood_benchmark(
     if verbose:
         print(report)
     return report
-
-
-@dataclass
-class StabilityReport:
-    """Reconstruction errors of ``data -> base -> data`` per point (see :func:`inverse_stability`)."""
-
-    errors: Tensor
-    tolerance: float
-
-    @property
-    def unstable(self) -> Tensor:
-        """Boolean mask of points whose reconstruction error exceeds the tolerance."""
-        return ~(self.errors <= self.tolerance)
-
-    @property
-    def max_error(self) -> float:
-        return float(self.errors.max())
-
-    def __str__(self) -> str:
-        n_bad = int(self.unstable.sum())
-        return (
-            f"inverse stability on {self.errors.numel()} points: max reconstruction error "
-            f"{self.max_error:.2e}; {n_bad} above tolerance {self.tolerance:g}"
-        )
-
-
-def inverse_stability(
-    flow, x: Tensor, *, context: Tensor | None = None, tolerance: float = 1e-3
-) -> StabilityReport:
-    r"""Measure :math:`\max_i |f(f^{-1}(x)) - x|` per data point, with real (uncached) inverses.
-
-    Run it on the data you will score, including anything unusual: large errors mean the flow's
-    inverse is numerically unstable there and its log-densities should not be trusted.
-
-    Example:
-        >>> import torch, pyroflows as pf
-        >>> flow = pf.Glow(3, num_layers=2, hidden_dims=(8,))
-        >>> inverse_stability(flow, torch.randn(5, 3)).max_error < 1e-4
-        True
-    """
-    steps = steps_of(flow, context)
-    n = len(steps[-1][0].output_shape)
-    with torch.no_grad():
-        z, _ = _inverse(steps, x)
-        x2, _ = _forward(steps, z)
-    err = (x2 - x).abs().flatten(x.dim() - n).amax(-1)
-    err = torch.where(torch.isfinite(err), err, torch.full_like(err, float("inf")))
-    return StabilityReport(err, tolerance)
