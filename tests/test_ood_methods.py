@@ -165,7 +165,17 @@ def test_ratio_is_exact_against_a_known_background():
     assert report.auroc("ood", "ratio") == pytest.approx(report.auroc("ood", "likelihood"))
 
 
-def test_perturbed_background_is_the_same_flow_family_trained_on_mutated_inputs():
+def test_perturbed_background_is_the_same_flow_family_trained_on_mutated_inputs(monkeypatch):
+    import pyroflows.infer
+
+    calls = []
+    real_fit = pyroflows.infer.fit
+
+    def spy(flow, data, **kw):
+        calls.append((flow, data, kw))
+        return real_fit(flow, data, **kw)
+
+    monkeypatch.setattr(pyroflows.infer, "fit", spy)
     torch.manual_seed(0)
     flow = pf.MAF(3, num_layers=2, hidden_dims=(8,))
     train = torch.randn(300, 3)
@@ -181,14 +191,27 @@ def test_perturbed_background_is_the_same_flow_family_trained_on_mutated_inputs(
     bg = det.background
     assert type(bg) is pf.MAF and bg is not flow and bg.config == flow.config
     assert not bg.training
-    # it was trained: its weights moved away from the identity initialisation of a fresh MAF
-    fresh = pf.MAF(3, num_layers=2, hidden_dims=(8,))
-    fresh.load_state_dict(flow.state_dict())
-    assert any(
-        not torch.equal(a, b)
-        for a, b in zip(bg.state_dict().values(), fresh.state_dict().values(), strict=True)
-    )
+    ((fitted, data, kw),) = calls
+    assert fitted is bg and kw["steps"] == 5 and kw["batch_size"] == 64
+    # trained on the training rows with about half of the entries redrawn from their column
+    assert data.shape == train.shape and 0.4 < float((data != train).float().mean()) < 0.6
     assert det.scores(torch.randn(4, 3)).shape == (4,)
+
+
+def test_perturbed_background_of_an_image_flow_uses_the_bits_objective(monkeypatch):
+    import pyroflows.infer
+
+    calls = []
+    monkeypatch.setattr(pyroflows.infer, "fit", lambda flow, data, **kw: calls.append((data, kw)))
+    flow = pf.Glow(shape=(1, 4, 4), levels=1, steps=1, hidden_channels=4)
+    train = torch.randint(0, 5, (40, 1, 4, 4))
+    det = OODDetector(
+        flow, train[:20], levels=5, background="perturbed", train_data=train, mutation_rate=0.25
+    )
+    ((data, kw),) = calls
+    assert type(det.background) is pf.Glow and "objective" in kw and kw["steps"] == 1000
+    assert data.dtype == train.dtype and int(data.max()) <= 4
+    assert 0.1 < float((data != train).float().mean()) < 0.3  # 0.25 * 4 / 5 = 0.2
 
 
 def test_perturbed_background_needs_training_data_and_a_config():
@@ -268,3 +291,19 @@ def test_combined_is_the_sum_of_standardised_likelihood_and_complexity():
     torch.testing.assert_close(det.scores(x), expected)
     # the reference scores of a standardised sum have mean zero
     assert abs(float(det.scores(ref).mean())) < 1e-9
+
+
+def test_new_options_are_checked_with_messages_that_say_what_to_do():
+    flow = gaussian_flow(2)
+    ref = torch.randn(20, 2)
+    with pytest.raises(ValueError, match="levels"):
+        OODDetector(flow, ref, levels=1)
+    with pytest.raises(ValueError, match="precision"):
+        OODDetector(flow, ref, precision=0.0)
+    det = OODDetector(flow, ref)
+    with pytest.raises(ValueError, match="num_bootstrap"):
+        det.batch_test(torch.randn(5, 2), num_bootstrap=3)
+    with pytest.raises(ValueError, match="compressor"):
+        compressed_bits(ref, precision=0.1, compressor="gzip")
+    with pytest.raises(ValueError, match="method"):
+        det.compare(ref, torch.randn(5, 2), methods=["nope"])
