@@ -16,7 +16,7 @@ images with each pixel replaced by a uniform random level with probability ``--m
 
 Table case: an 8-D mixture of four Gaussians (MAF, 5 layers of 64 x 64) against the same
 mixture shifted by ``--table-shift`` standard deviations along every axis; the background is a
-MAF trained on the table with 20 % of its entries redrawn from their column's marginal.
+MAF trained on the table with ``--mutation-rate`` of its entries redrawn from their column's marginal.
 
 Every method's row is printed, including where it loses. Runs on one thread.
 

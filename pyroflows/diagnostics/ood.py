@@ -123,11 +123,11 @@ class OODDetector:
       semantic shifts that the complexity correction alone loses.
 
     Which to use: measure it with :meth:`compare` on any OOD examples you have. Without any,
-    use ``"combined"`` (on the digits benchmark in docs/benchmarks.md it is at or above 0.99
-    AUROC on every synthetic shift and level with the likelihood on unseen classes, where
+    use ``"combined"`` (on the digits benchmark in docs/benchmarks.md it is at 0.995 AUROC or
+    more on every synthetic shift and within 0.005 of the likelihood on unseen classes, where
     ``"complexity"`` alone loses); ``"ratio"`` with ``background="perturbed"`` is the published
     alternative for semantic shifts and worth a :meth:`compare`. For a batch of inputs known to
-    come from one source, :meth:`batch_test` is far more powerful than any per-input score.
+    come from one source, :meth:`batch_test` pools the evidence of the whole batch.
 
     Args:
         flow: the trained :class:`~pyroflows.Flow`.
