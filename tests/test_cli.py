@@ -475,7 +475,7 @@ def test_sample_seed_out_of_range(tmp_path, capsys, fitted, no_work):
 def test_flow_choices_come_from_the_registry(monkeypatch):
     from pyroflows.cli import FLOW_CHOICES, _vector_presets
 
-    names = {"maf", "iaf", "realnvp", "nice", "glow", "planar", "cnf"}
+    names = {"maf", "iaf", "realnvp", "nice", "glow", "planar", "cnf", "nsf"}
     assert names <= set(FLOW_CHOICES)
 
     class Toy(pf.MAF):  # a new vector preset of pyroflows appears without an edit
@@ -494,3 +494,15 @@ def test_flow_choices_come_from_the_registry(monkeypatch):
     monkeypatch.setitem(pf.FLOWS, "Outside", Outside)
     assert set(_vector_presets()) == names | {"toy"}
     assert _vector_presets()["toy"] == "Toy"
+
+
+def test_nsf_fits_a_table_from_the_command_line(tmp_path, capsys, table):
+    """`--flow nsf` comes from pf.FLOWS; its model scores near the table's entropy."""
+    data, _ = table
+    model = tmp_path / "nsf.pt"
+    code, out, _ = run(capsys, "fit", data, "--flow", "nsf", *FAST, "--out", model)
+    assert code == 0 and "final NLL" in out
+    flow = pf.load(model)
+    assert type(flow).__name__ == "NSF" and flow.config["bins"] == 8
+    truth = 2 * 0.5 * math.log(2 * math.pi * math.e) + math.log(10.0)
+    assert flow.metadata["val_nll"] == pytest.approx(truth, abs=0.3)
