@@ -475,7 +475,7 @@ def test_sample_seed_out_of_range(tmp_path, capsys, fitted, no_work):
 def test_flow_choices_come_from_the_registry(monkeypatch):
     from pyroflows.cli import FLOW_CHOICES, _vector_presets
 
-    names = {"maf", "iaf", "realnvp", "nice", "glow", "planar", "cnf"}
+    names = {"maf", "iaf", "realnvp", "nice", "glow", "planar", "cnf", "nsf"}
     assert names <= set(FLOW_CHOICES)
 
     class Toy(pf.MAF):  # a new vector preset of pyroflows appears without an edit

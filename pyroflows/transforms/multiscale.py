@@ -39,7 +39,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -240,6 +241,41 @@ def _check_levels(shape: tuple[int, int, int], levels: int, squeezes: int, steps
         )
 
 
+def _multiscale(
+    shape: Sequence[int],
+    level: Callable[[_MultiScale, dict[str, Any], bool], None],
+    *,
+    levels: int,
+    squeezes: int,
+    steps: int,
+    hidden_channels: int | Sequence[int],
+    coupling: str,
+    learned_prior: bool,
+    context_dim: int,
+    activation: type[nn.Module],
+    log_scale_bound: float | None,
+    logit: float | None,
+) -> list[FlowTransform]:
+    """The skeleton RealNVP and Glow share: check the shape, then for each level run
+    ``level(m, coupling_options, last)`` (which adds that level's steps, squeezing as it
+    needs) and factor out half of the channels after every level but the last."""
+    shape = image_shape(shape)
+    _check_levels(shape, levels, squeezes, steps)
+    m = _MultiScale(shape, context_dim, logit)
+    kw: dict[str, Any] = dict(
+        hidden_channels=hidden_tuple(hidden_channels),
+        transformer=coupling,
+        activation=activation,
+        log_scale_bound=log_scale_bound,
+    )
+    for i in range(int(levels)):
+        last = i == int(levels) - 1
+        level(m, kw, last)
+        if not last:
+            m.factor_out(learned_prior)
+    return m.finish()
+
+
 def glow_transforms(
     shape: Sequence[int],
     *,
@@ -280,24 +316,28 @@ def glow_transforms(
         >>> [type(t).__name__ for t in ts]   # base -> data
         ['Reshape', 'ChannelSlice', 'Squeeze', 'ImageCoupling', 'ImageCoupling', 'LULinear', 'ActNorm', 'Squeeze']
     """
-    shape = image_shape(shape)
-    _check_levels(shape, levels, levels, steps)
-    m = _MultiScale(shape, context_dim, logit)
-    kw = dict(
-        hidden_channels=hidden_tuple(hidden_channels),
-        transformer=coupling,
-        activation=activation,
-        log_scale_bound=log_scale_bound,
-    )
-    for level in range(int(levels)):
+
+    def level(m: _MultiScale, kw: dict[str, Any], last: bool) -> None:
         m.squeeze()
         for k in range(int(steps)):
             c = m.part[0]
             m.add(ActNorm(c, event_shape=m.part), LULinear(c, event_shape=m.part))
             m.add(m.coupling(mask="channel", swap=k % 2 == 1, **kw))
-        if level < levels - 1:
-            m.factor_out(learned_prior)
-    return m.finish()
+
+    return _multiscale(
+        shape,
+        level,
+        levels=levels,
+        squeezes=levels,
+        steps=steps,
+        hidden_channels=hidden_channels,
+        coupling=coupling,
+        learned_prior=learned_prior,
+        context_dim=context_dim,
+        activation=activation,
+        log_scale_bound=log_scale_bound,
+        logit=logit,
+    )
 
 
 def realnvp_image_transforms(
@@ -341,28 +381,32 @@ def realnvp_image_transforms(
         >>> [t.mask for t in ts if hasattr(t, "mask")], type(ts[-1]).__name__
         (['checkerboard', 'checkerboard'], 'Logit')
     """
-    shape = image_shape(shape)
-    _check_levels(shape, levels, levels - 1, steps)
-    m = _MultiScale(shape, context_dim, logit)
-    kw = dict(
-        hidden_channels=hidden_tuple(hidden_channels),
-        transformer=coupling,
-        activation=activation,
-        log_scale_bound=log_scale_bound,
-    )
 
-    def couplings(mask: str, n: int) -> None:
+    def couplings(m: _MultiScale, kw: dict[str, Any], mask: str, n: int) -> None:
         for k in range(n):
             m.add(m.coupling(mask=mask, swap=k % 2 == 1, **kw))
             if actnorm:
                 m.add(ActNorm(m.part[0], event_shape=m.part))
 
-    for level in range(int(levels)):
-        if level == levels - 1:
-            couplings("checkerboard", int(steps) + 1)
-            break
-        couplings("checkerboard", int(steps))
+    def level(m: _MultiScale, kw: dict[str, Any], last: bool) -> None:
+        if last:
+            couplings(m, kw, "checkerboard", int(steps) + 1)
+            return
+        couplings(m, kw, "checkerboard", int(steps))
         m.squeeze()
-        couplings("channel", int(steps))
-        m.factor_out(learned_prior)
-    return m.finish()
+        couplings(m, kw, "channel", int(steps))
+
+    return _multiscale(
+        shape,
+        level,
+        levels=levels,
+        squeezes=levels - 1,
+        steps=steps,
+        hidden_channels=hidden_channels,
+        coupling=coupling,
+        learned_prior=learned_prior,
+        context_dim=context_dim,
+        activation=activation,
+        log_scale_bound=log_scale_bound,
+        logit=logit,
+    )
