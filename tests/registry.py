@@ -132,7 +132,9 @@ REGISTRY: dict[str, Entry] = {
         lambda: pf.Planar(3, 2, H, context_dim=2), is_flow=True, context_dim=2, tol=1e-5
     ),
     "Glow_image": Entry(
-        lambda: pf.Glow(shape=(1, 4, 4), levels=2, steps=1, hidden_channels=8, logit=None),
+        lambda: pf.Glow(
+            shape=(1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8, logit=None
+        ),
         shape=(1, 4, 4),
         is_flow=True,
         tol=1e-5,
@@ -151,7 +153,9 @@ REGISTRY: dict[str, Entry] = {
         is_flow=True,
     ),
     "RealNVP_image": Entry(
-        lambda: pf.RealNVP(shape=(1, 4, 4), levels=2, steps=1, hidden_channels=8, logit=None),
+        lambda: pf.RealNVP(
+            shape=(1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8, logit=None
+        ),
         shape=(1, 4, 4),
         is_flow=True,
         tol=1e-5,

@@ -48,15 +48,16 @@ class RealNVP(Flow):
     directions in one pass per layer.
 
     Image form (``shape=(C, H, W)``, no ``input_dim``): the multi-scale architecture with
-    checkerboard and channel masks and conv conditioners, ``levels`` scales of ``steps``
-    couplings per mask type, ActNorm after each coupling and a ``logit`` pre-transform; see
+    checkerboard and channel masks and conv conditioners, ``levels`` scales of
+    ``steps_per_level`` couplings per mask type, ActNorm after each coupling and a ``logit``
+    pre-transform; see
     :func:`pyroflows.transforms.realnvp_image_transforms`.
 
     Example:
         >>> flow = RealNVP(4, num_layers=2, hidden_dims=(16,))
         >>> flow.sample((3,)).shape
         torch.Size([3, 4])
-        >>> images = RealNVP(shape=(1, 8, 8), levels=2, steps=1, hidden_channels=8)
+        >>> images = RealNVP(shape=(1, 8, 8), levels=2, steps_per_level=1, hidden_channels=8)
         >>> images.sample((3,), temperature=0.7).shape
         torch.Size([3, 1, 8, 8])
     """
@@ -72,7 +73,7 @@ class RealNVP(Flow):
         base: str = "normal",
         shape: Sequence[int] | None = None,
         levels: int = 2,
-        steps: int = 3,
+        steps_per_level: int = 3,
         hidden_channels: int | Sequence[int] = 64,
         coupling: str = "affine",
         logit: float | None = 0.05,
@@ -87,7 +88,7 @@ class RealNVP(Flow):
             ],
             realnvp_image_transforms,
             levels=levels,
-            steps=steps,
+            steps_per_level=steps_per_level,
             hidden_channels=hidden_channels,
             coupling=coupling,
             context_dim=context_dim,
@@ -137,7 +138,8 @@ class Glow(Flow):
     affine coupling, applied in that order to the data.
 
     Image form (``shape=(C, H, W)``, no ``input_dim``): the multi-scale architecture, ``levels``
-    scales of squeeze and ``steps`` x (ActNorm, invertible 1x1 convolution, coupling with a conv
+    scales of squeeze and ``steps_per_level`` x (ActNorm, invertible 1x1 convolution, coupling
+    with a conv
     conditioner), half of the channels factored out after each level under a learned prior;
     see :func:`pyroflows.transforms.glow_transforms`. Both directions are fast.
 
@@ -145,7 +147,7 @@ class Glow(Flow):
         >>> flow = Glow(4, num_layers=2, hidden_dims=(16,))
         >>> [type(t).__name__ for t in flow.transforms][:3]
         ['Coupling', 'LULinear', 'ActNorm']
-        >>> images = Glow(shape=(1, 8, 8), levels=2, steps=2, hidden_channels=8)
+        >>> images = Glow(shape=(1, 8, 8), levels=2, steps_per_level=2, hidden_channels=8)
         >>> images.log_prob(torch.rand(5, 1, 8, 8)).shape
         torch.Size([5])
     """
@@ -161,7 +163,7 @@ class Glow(Flow):
         base: str = "normal",
         shape: Sequence[int] | None = None,
         levels: int = 2,
-        steps: int = 4,
+        steps_per_level: int = 4,
         hidden_channels: int | Sequence[int] = 64,
         coupling: str = "affine",
         learned_prior: bool = True,
@@ -181,7 +183,7 @@ class Glow(Flow):
             vector,
             glow_transforms,
             levels=levels,
-            steps=steps,
+            steps_per_level=steps_per_level,
             hidden_channels=hidden_channels,
             coupling=coupling,
             learned_prior=learned_prior,

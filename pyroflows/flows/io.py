@@ -259,10 +259,33 @@ def _read_payload(path: Path, map_location: Any) -> dict[str, Any]:
     return out
 
 
+#: class name -> {option name in older model files: its current name}.
+_RENAMED_OPTIONS: dict[str, dict[str, str]] = {
+    "Glow": {"steps": "steps_per_level"},  # renamed: ``steps`` means optimiser steps in fit
+    "RealNVP": {"steps": "steps_per_level"},
+}
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the options renamed since it was written under their current names.
+
+    Example:
+        >>> upgrade_config({"class": "Glow", "shape": [1, 8, 8], "steps": 2})
+        {'class': 'Glow', 'shape': [1, 8, 8], 'steps_per_level': 2}
+    """
+    cls = config.get("class")
+    renamed = _RENAMED_OPTIONS.get(cls, {}) if isinstance(cls, str) else {}
+    out = {}
+    for key, value in config.items():
+        new = renamed.get(key)
+        out[new if new is not None and new not in config else key] = value
+    return out
+
+
 def _rebuild(config: dict[str, Any], path: Path) -> Flow:
     """Build the flow a configuration describes: the class must be a known ``Flow`` subclass and
     the arguments must fit its signature; both are checked before anything is called."""
-    config = dict(config)
+    config = upgrade_config(config)
     cls_name = config.pop("class", None)
     if not isinstance(cls_name, str):
         raise _bad_file(path, "the configuration names no flow class")

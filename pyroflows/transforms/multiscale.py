@@ -229,9 +229,13 @@ class _MultiScale:
         return self.done[::-1]
 
 
-def _check_levels(shape: tuple[int, int, int], levels: int, squeezes: int, steps: int) -> None:
-    if int(levels) < 1 or int(steps) < 1:
-        raise ValueError(f"levels and steps must be at least 1; got {levels}, {steps}")
+def _check_levels(
+    shape: tuple[int, int, int], levels: int, squeezes: int, steps_per_level: int
+) -> None:
+    if int(levels) < 1 or int(steps_per_level) < 1:
+        raise ValueError(
+            f"levels and steps_per_level must be at least 1; got {levels}, {steps_per_level}"
+        )
     _, h, w = shape
     f = 2**squeezes
     if h % f or w % f:
@@ -247,7 +251,7 @@ def _multiscale(
     *,
     levels: int,
     squeezes: int,
-    steps: int,
+    steps_per_level: int,
     hidden_channels: int | Sequence[int],
     coupling: str,
     learned_prior: bool,
@@ -260,7 +264,7 @@ def _multiscale(
     ``level(m, coupling_options, last)`` (which adds that level's steps, squeezing as it
     needs) and factor out half of the channels after every level but the last."""
     shape = image_shape(shape)
-    _check_levels(shape, levels, squeezes, steps)
+    _check_levels(shape, levels, squeezes, steps_per_level)
     m = _MultiScale(shape, context_dim, logit)
     kw: dict[str, Any] = dict(
         hidden_channels=hidden_tuple(hidden_channels),
@@ -280,7 +284,7 @@ def glow_transforms(
     shape: Sequence[int],
     *,
     levels: int = 2,
-    steps: int = 4,
+    steps_per_level: int = 4,
     hidden_channels: int | Sequence[int] = 64,
     coupling: str = "affine",
     learned_prior: bool = True,
@@ -291,14 +295,14 @@ def glow_transforms(
 ) -> list[FlowTransform]:
     """Glow's multi-scale architecture [2], transforms listed base -> data.
 
-    Each of the ``levels`` levels is (data -> base): squeeze, ``steps`` x (ActNorm, invertible
+    Each of the ``levels`` levels is (data -> base): squeeze, ``steps_per_level`` x (ActNorm, invertible
     1x1 convolution, channel coupling), then, except at the last level, factor out half of the
     channels under a learned prior (see the module docstring).
 
     Args:
         shape: image shape ``(C, H, W)``; ``H`` and ``W`` divisible by ``2 ** levels``.
         levels: number of scales ``L``.
-        steps: flow steps per level ``K``.
+        steps_per_level: flow steps per level ``K``.
         hidden_channels: hidden channels of each coupling's conv net (an int ``h`` means
             ``(h, h)``).
         coupling: ``"affine"`` or ``"additive"``.
@@ -312,14 +316,16 @@ def glow_transforms(
             ``docs/benchmarks.md``).
 
     Example:
-        >>> ts = glow_transforms((1, 4, 4), levels=2, steps=1, hidden_channels=8, logit=None)
+        >>> ts = glow_transforms(
+        ...     (1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8, logit=None
+        ... )
         >>> [type(t).__name__ for t in ts]   # base -> data
         ['Reshape', 'ChannelSlice', 'Squeeze', 'ImageCoupling', 'ImageCoupling', 'LULinear', 'ActNorm', 'Squeeze']
     """
 
     def level(m: _MultiScale, kw: dict[str, Any], last: bool) -> None:
         m.squeeze()
-        for k in range(int(steps)):
+        for k in range(int(steps_per_level)):
             c = m.part[0]
             m.add(ActNorm(c, event_shape=m.part), LULinear(c, event_shape=m.part))
             m.add(m.coupling(mask="channel", swap=k % 2 == 1, **kw))
@@ -329,7 +335,7 @@ def glow_transforms(
         level,
         levels=levels,
         squeezes=levels,
-        steps=steps,
+        steps_per_level=steps_per_level,
         hidden_channels=hidden_channels,
         coupling=coupling,
         learned_prior=learned_prior,
@@ -344,7 +350,7 @@ def realnvp_image_transforms(
     shape: Sequence[int],
     *,
     levels: int = 2,
-    steps: int = 3,
+    steps_per_level: int = 3,
     hidden_channels: int | Sequence[int] = 64,
     coupling: str = "affine",
     actnorm: bool = True,
@@ -356,15 +362,15 @@ def realnvp_image_transforms(
 ) -> list[FlowTransform]:
     """RealNVP's multi-scale architecture [1], transforms listed base -> data.
 
-    Each level but the last is (data -> base): ``steps`` checkerboard couplings, squeeze,
-    ``steps`` channel couplings, factor out half of the channels; the last level is
-    ``steps + 1`` checkerboard couplings (3, 3 and 4 in the paper). Masks alternate. With
+    Each level but the last is (data -> base): ``steps_per_level`` checkerboard couplings,
+    squeeze, ``steps_per_level`` channel couplings, factor out half of the channels; the last
+    level is ``steps_per_level + 1`` checkerboard couplings (3, 3 and 4 in the paper). Masks alternate. With
     ``actnorm=True`` an ActNorm follows every coupling (in place of the paper's batch norm).
 
     Args:
         shape: image shape ``(C, H, W)``; ``H`` and ``W`` divisible by ``2 ** (levels - 1)``.
         levels: number of scales.
-        steps: couplings per mask type per level.
+        steps_per_level: couplings per mask type per level.
         hidden_channels: hidden channels of each coupling's conv net (an int ``h`` means
             ``(h, h)``).
         coupling: ``"affine"`` or ``"additive"``.
@@ -377,7 +383,7 @@ def realnvp_image_transforms(
         logit: ``alpha`` of the logit pre-transform at the data end (``None``: none).
 
     Example:
-        >>> ts = realnvp_image_transforms((1, 4, 4), levels=1, steps=1, hidden_channels=8)
+        >>> ts = realnvp_image_transforms((1, 4, 4), levels=1, steps_per_level=1, hidden_channels=8)
         >>> [t.mask for t in ts if hasattr(t, "mask")], type(ts[-1]).__name__
         (['checkerboard', 'checkerboard'], 'Logit')
     """
@@ -390,18 +396,18 @@ def realnvp_image_transforms(
 
     def level(m: _MultiScale, kw: dict[str, Any], last: bool) -> None:
         if last:
-            couplings(m, kw, "checkerboard", int(steps) + 1)
+            couplings(m, kw, "checkerboard", int(steps_per_level) + 1)
             return
-        couplings(m, kw, "checkerboard", int(steps))
+        couplings(m, kw, "checkerboard", int(steps_per_level))
         m.squeeze()
-        couplings(m, kw, "channel", int(steps))
+        couplings(m, kw, "channel", int(steps_per_level))
 
     return _multiscale(
         shape,
         level,
         levels=levels,
         squeezes=levels - 1,
-        steps=steps,
+        steps_per_level=steps_per_level,
         hidden_channels=hidden_channels,
         coupling=coupling,
         learned_prior=learned_prior,
