@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .flows import FLOWS
+from .nn import default_hidden_dims
 
 __all__ = ["FLOW_CHOICES", "main"]
 
@@ -469,7 +470,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("data", help="CSV (header optional), TSV or .npy file; one row per example")
     f.add_argument("--flow", choices=sorted(FLOW_CHOICES), default="maf", help="flow family")
     f.add_argument("--layers", type=_positive(int), default=None, help="number of layers")
-    f.add_argument("--hidden", type=_hidden, default=(128, 128), help="hidden sizes, e.g. 128,128")
+    f.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=default_hidden_dims(),
+        help="hidden sizes, e.g. 128,128 (default: %(default)s, pyroflows.nn.default_hidden_dims)",
+    )
     f.add_argument("--steps", type=_positive(int), default=2000, help="optimisation steps")
     f.add_argument("--batch-size", type=_positive(int), default=256)
     f.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")

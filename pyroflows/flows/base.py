@@ -26,6 +26,7 @@ from pyro.distributions.conditional import ConditionalTransform
 from torch import Tensor, nn
 from torch.distributions import Transform
 
+from ..nn.defaults import default_hidden_dims
 from ..transforms.base import (
     FlowTransform,
     NonFiniteError,
@@ -166,6 +167,9 @@ class Flow(nn.Module):
                     if "kwargs" in inspect.signature(init).parameters
                     else {}
                 )
+                if "hidden_dims" in config and config["hidden_dims"] is None:
+                    # record the sizes built, so the file loads the same if the rule changes
+                    config["hidden_dims"] = default_hidden_dims()
                 self.config = {"class": cls.__name__, **config, **extra}
 
         cls.__init__ = wrapped  # type: ignore[method-assign]

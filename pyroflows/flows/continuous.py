@@ -54,7 +54,7 @@ class CNF(Flow):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         *,
         context_dim: int = 0,
         augment_dim: int = 0,

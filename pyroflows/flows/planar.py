@@ -27,7 +27,7 @@ class Planar(Flow):
         self,
         input_dim: int,
         num_layers: int = 16,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         *,
         context_dim: int = 0,
         base: str = "normal",

@@ -108,7 +108,7 @@ class ContinuousFlow(FlowTransform):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.SiLU,
@@ -378,7 +378,11 @@ class ConditionalContinuousFlow(ConditionalFlowTransform, ContinuousFlow):
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64), **kwargs: Any
+        self,
+        input_dim: int,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(input_dim, hidden_dims, context_dim=context_dim, **kwargs)
 
@@ -392,7 +396,7 @@ def continuous_flow(
         >>> continuous_flow(3).event_shape
         torch.Size([3])
     """
-    return ContinuousFlow(input_dim, (64, 64) if hidden_dims is None else hidden_dims, **kwargs)
+    return ContinuousFlow(input_dim, hidden_dims, **kwargs)
 
 
 def conditional_continuous_flow(
@@ -404,6 +408,4 @@ def conditional_continuous_flow(
         >>> conditional_continuous_flow(3, 2).context_dim
         2
     """
-    return ConditionalContinuousFlow(
-        input_dim, context_dim, (64, 64) if hidden_dims is None else hidden_dims, **kwargs
-    )
+    return ConditionalContinuousFlow(input_dim, context_dim, hidden_dims, **kwargs)

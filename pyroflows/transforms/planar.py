@@ -52,7 +52,7 @@ class Planar(FlowTransform):
         input_dim: int,
         *,
         context_dim: int = 0,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         max_iter: int = 100,
     ) -> None:
         super().__init__((input_dim,), context_dim=context_dim)
@@ -132,7 +132,7 @@ class ConditionalPlanar(ConditionalFlowTransform, Planar):
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64), **kwargs
+        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs
     ):
         super().__init__(input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kwargs)
 
@@ -146,6 +146,4 @@ def conditional_planar(
     input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None
 ) -> ConditionalPlanar:
     """Conditional planar layer."""
-    return ConditionalPlanar(
-        input_dim, context_dim, (10 * context_dim,) * 2 if hidden_dims is None else hidden_dims
-    )
+    return ConditionalPlanar(input_dim, context_dim, hidden_dims)
