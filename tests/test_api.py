@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 import pyroflows as pf
@@ -52,3 +51,17 @@ def test_the_cli_and_saved_configs_use_the_rule():
     args = _parser().parse_args(["fit", "data.csv", "--out", "m.pt"])
     assert args.hidden == pf.nn.default_hidden_dims()
     assert pf.MAF(2).config["hidden_dims"] == (64, 64)  # the sizes built, not None
+
+
+def test_planar_names_one_thing_each():
+    assert issubclass(pf.Planar, pf.Flow)
+    assert issubclass(T.PlanarTransform, T.FlowTransform)
+    assert issubclass(T.ConditionalPlanarTransform, T.PlanarTransform)
+    assert "Planar" not in T.__all__ and "ConditionalPlanar" not in T.__all__
+    with pytest.warns(DeprecationWarning, match="PlanarTransform"):
+        assert T.Planar is T.PlanarTransform
+    with pytest.warns(DeprecationWarning, match="ConditionalPlanarTransform"):
+        from pyroflows.transforms import ConditionalPlanar
+    assert ConditionalPlanar is T.ConditionalPlanarTransform
+    with pytest.raises(AttributeError):
+        T.NoSuchTransform  # noqa: B018

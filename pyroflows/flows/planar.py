@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 import torch  # noqa: F401  (doctests)
 
-from ..transforms.planar import ConditionalPlanar
-from ..transforms.planar import Planar as PlanarTransform
+from ..transforms.planar import ConditionalPlanarTransform, PlanarTransform
 from .base import Flow
 
 __all__ = ["Planar"]
@@ -34,7 +33,8 @@ class Planar(Flow):
     ) -> None:
         if context_dim:
             layers = [
-                ConditionalPlanar(input_dim, context_dim, hidden_dims) for _ in range(num_layers)
+                ConditionalPlanarTransform(input_dim, context_dim, hidden_dims)
+                for _ in range(num_layers)
             ]
         else:
             layers = [PlanarTransform(input_dim) for _ in range(num_layers)]
