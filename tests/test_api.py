@@ -24,6 +24,8 @@ def first_width(module: nn.Module) -> int:
         lambda: pf.Glow(3),
         lambda: pf.Planar(3, context_dim=2),
         lambda: pf.CNF(3),
+        lambda: pf.NSF(3),
+        lambda: pf.NSF(3, fast="density"),
         lambda: T.Coupling(3),
         lambda: T.MaskedAutoregressive(3),
         lambda: T.ContinuousFlow(3),

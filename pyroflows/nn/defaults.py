@@ -16,7 +16,7 @@ def default_hidden_dims(hidden_dims: Sequence[int] | None = None) -> tuple[int, 
     Every place that sizes a dense conditioner or vector field without being told uses this rule:
     the flow presets and transform classes (``hidden_dims=None``), the lowercase Pyro-style
     helpers (``maf``, ``affine_coupling``, ... where Pyro uses :math:`10 D`) and the command
-    line's ``--hidden``. ``pf.NSF`` keeps its own tested default (see its docstring).
+    line's ``--hidden``.
 
     Example:
         >>> default_hidden_dims(), default_hidden_dims([16])
