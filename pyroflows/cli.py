@@ -221,7 +221,8 @@ def fit_table(
     Example:
         >>> import math, pyroflows as pf
         >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(2000, 2))
-        >>> out = fit_table(pf.MAF(2, 2, (8,)), x, steps=50, lr=1e-2, seed=0)
+        >>> flow = pf.MAF(2, num_layers=2, hidden_dims=(8,))
+        >>> out = fit_table(flow, x, steps=50, lr=1e-2, seed=0)
         >>> entropy = math.log(2 * math.pi * math.e * 2.0**2)   # of N(3, 2^2 I): 4.22 nats
         >>> sorted(out), out["n_val"], abs(out["val_nll"] - entropy) < 0.15
         (['history', 'n_train', 'n_val', 'standardizer', 'train_nll', 'val_nll'], 200, True)

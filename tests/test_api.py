@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 from torch import nn
 
@@ -67,3 +69,54 @@ def test_planar_names_one_thing_each():
     assert ConditionalPlanar is T.ConditionalPlanarTransform
     with pytest.raises(AttributeError):
         T.NoSuchTransform  # noqa: B018
+
+
+def _positional_after_first(fn) -> list[str]:
+    params = list(inspect.signature(fn).parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params[1:] if p.kind in kinds]
+
+
+PRESETS = [c for n, c in sorted(pf.FLOWS.items()) if c.__module__.startswith("pyroflows.")]
+TRANSFORM_CLASSES = [
+    getattr(T, n) for n in T.__all__ if isinstance(getattr(T, n), type) and n[0].isupper()
+]
+
+
+@pytest.mark.parametrize("cls", PRESETS + TRANSFORM_CLASSES, ids=lambda c: c.__name__)
+def test_options_after_the_first_argument_are_keyword_only(cls):
+    # Standardize(mean, std): data, not options; ConditionedTransform(parent, context) is what
+    # transform.condition(context) returns, not built by users
+    allowed = {"Standardize": ["std"], "ConditionedTransform": ["context"]}.get(cls.__name__, [])
+    assert _positional_after_first(cls.__init__)[1:] == allowed  # [0] is self
+
+
+def test_a_positional_option_is_refused_with_a_type_error():
+    with pytest.raises(TypeError, match="positional"):
+        pf.MAF(3, 2, (8,))
+    with pytest.raises(TypeError, match="positional"):
+        T.ConditionalCoupling(3, 2, (8,))
+
+
+# Pyro's helper convention: input_dim, context_dim and hidden_dims are positional (iterated and
+# AutoNormalizingFlow pass them so); pyroflows' spline_coupling differs from Pyro's, whose second
+# positional argument is split_dim, so there it is keyword-only.
+@pytest.mark.parametrize(
+    ("helper", "positional"),
+    [
+        (T.affine_coupling, ["hidden_dims"]),
+        (T.conditional_affine_coupling, ["context_dim", "hidden_dims"]),
+        (T.maf, ["hidden_dims"]),
+        (T.conditional_iaf, ["context_dim", "hidden_dims"]),
+        (T.spline_autoregressive, ["hidden_dims"]),
+        (T.conditional_planar, ["context_dim", "hidden_dims"]),
+        (T.spline_coupling, []),
+        (T.image_coupling, []),
+        (T.conditional_image_coupling, ["context_dim"]),
+        (T.glow_transforms, []),
+        (T.realnvp_image_transforms, []),
+    ],
+    ids=lambda v: getattr(v, "__name__", ""),
+)
+def test_helpers_keep_pyros_positional_order(helper, positional):
+    assert _positional_after_first(helper) == positional

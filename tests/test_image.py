@@ -44,11 +44,11 @@ def test_shape_changing_transforms_check_the_shape_of_each_direction():
     with pytest.raises(ValueError, match="divisible"):
         T.Squeeze((1, 5, 4))
     with pytest.raises(ValueError, match="same number of entries"):
-        T.Reshape((1, 4, 4), (3, 2, 2))
+        T.Reshape((1, 4, 4), data_shape=(3, 2, 2))
 
 
 def test_checkerboard_coupling_keeps_the_pixels_it_conditions_on():
-    t = T.ImageCoupling((2, 4, 4), (8,), mask="checkerboard")
+    t = T.ImageCoupling((2, 4, 4), hidden_channels=(8,), mask="checkerboard")
     perturb(t)
     x = torch.randn(3, 2, 4, 4)
     y = t(x)
@@ -65,7 +65,7 @@ def test_checkerboard_coupling_keeps_the_pixels_it_conditions_on():
 
 def test_channel_coupling_keeps_the_identity_half():
     for swap, kept in ((False, slice(0, 1)), (True, slice(1, 3))):
-        t = T.ImageCoupling((3, 4, 4), (8,), swap=swap)
+        t = T.ImageCoupling((3, 4, 4), hidden_channels=(8,), swap=swap)
         perturb(t)
         x = torch.randn(2, 3, 4, 4)
         y = t(x)
@@ -80,9 +80,9 @@ def test_channel_coupling_needs_two_channels():
 
 
 def test_channel_slice_passes_the_head_and_names_an_inner_layer_on_nan():
-    inner = T.ImageCoupling((2, 2, 2), (8,))
+    inner = T.ImageCoupling((2, 2, 2), hidden_channels=(8,))
     perturb(inner)
-    t = T.ChannelSlice((5, 2, 2), 3, [inner])
+    t = T.ChannelSlice((5, 2, 2), start=3, transforms=[inner])
     x = torch.randn(4, 5, 2, 2)
     y = t.inv(x)
     assert torch.equal(y[:, :3], x[:, :3]) and not torch.allclose(y[:, 3:], x[:, 3:])

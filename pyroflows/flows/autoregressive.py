@@ -26,9 +26,9 @@ class MAF(Flow):
     def __init__(
         self,
         input_dim: int,
+        *,
         num_layers: int = 5,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         transformer: str = "affine",
         activation: type[nn.Module] = nn.ReLU,
@@ -41,10 +41,12 @@ class MAF(Flow):
             kw = dict(fast=fast, transformer=transformer, order=order, activation=activation)
             if context_dim:
                 layers.append(
-                    ConditionalMaskedAutoregressive(input_dim, context_dim, hidden_dims, **kw)
+                    ConditionalMaskedAutoregressive(
+                        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
+                    )
                 )
             else:
-                layers.append(MaskedAutoregressive(input_dim, hidden_dims, **kw))
+                layers.append(MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, **kw))
         super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)
 
 
@@ -62,9 +64,9 @@ class IAF(MAF):
     def __init__(
         self,
         input_dim: int,
+        *,
         num_layers: int = 5,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         transformer: str = "affine",
         activation: type[nn.Module] = nn.ReLU,
@@ -72,8 +74,8 @@ class IAF(MAF):
     ) -> None:
         super().__init__(
             input_dim,
-            num_layers,
-            hidden_dims,
+            num_layers=num_layers,
+            hidden_dims=hidden_dims,
             context_dim=context_dim,
             transformer=transformer,
             activation=activation,

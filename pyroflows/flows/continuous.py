@@ -54,8 +54,8 @@ class CNF(Flow):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] | None = None,
         *,
+        hidden_dims: Sequence[int] | None = None,
         context_dim: int = 0,
         augment_dim: int = 0,
         augment_hidden_dims: Sequence[int] = (32, 32),
@@ -70,9 +70,11 @@ class CNF(Flow):
         kwargs = upgrade_solver_options(kwargs)  # model files written with method=, rtol=, ...
         dim = input_dim + int(augment_dim)
         if context_dim:
-            t = ConditionalContinuousFlow(dim, context_dim, hidden_dims, **kwargs)
+            t = ConditionalContinuousFlow(
+                dim, context_dim=context_dim, hidden_dims=hidden_dims, **kwargs
+            )
         else:
-            t = ContinuousFlow(dim, hidden_dims, **kwargs)
+            t = ContinuousFlow(dim, hidden_dims=hidden_dims, **kwargs)
         super().__init__([t], event_shape=(dim,), context_dim=context_dim, base=base)
         self.augment_dim, self.num_bound_samples = int(augment_dim), int(num_bound_samples)
         if self.augment_dim:

@@ -18,10 +18,14 @@ from .base import Flow
 __all__ = ["NICE", "NSF", "Glow", "RealNVP"]
 
 
-def _coupling(input_dim: int, hidden_dims, context_dim: int, **kw) -> Coupling:
+def _coupling(
+    input_dim: int, *, hidden_dims: Sequence[int] | None, context_dim: int, **kw: Any
+) -> Coupling:
     if context_dim:
-        return ConditionalCoupling(input_dim, context_dim, hidden_dims, **kw)
-    return Coupling(input_dim, hidden_dims, **kw)
+        return ConditionalCoupling(
+            input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
+        )
+    return Coupling(input_dim, hidden_dims=hidden_dims, **kw)
 
 
 def _vector_or_image(
@@ -65,9 +69,9 @@ class RealNVP(Flow):
     def __init__(
         self,
         input_dim: int | None = None,
+        *,
         num_layers: int = 5,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
         base: str = "normal",
@@ -83,7 +87,13 @@ class RealNVP(Flow):
             input_dim,
             shape,
             lambda d: [
-                _coupling(d, hidden_dims, context_dim, swap=k % 2 == 1, activation=activation)
+                _coupling(
+                    d,
+                    hidden_dims=hidden_dims,
+                    context_dim=context_dim,
+                    swap=k % 2 == 1,
+                    activation=activation,
+                )
                 for k in range(num_layers)
             ],
             realnvp_image_transforms,
@@ -111,9 +121,9 @@ class NICE(Flow):
     def __init__(
         self,
         input_dim: int,
+        *,
         num_layers: int = 4,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
         base: str = "normal",
@@ -122,8 +132,8 @@ class NICE(Flow):
         layers += [
             _coupling(
                 input_dim,
-                hidden_dims,
-                context_dim,
+                hidden_dims=hidden_dims,
+                context_dim=context_dim,
                 transformer="additive",
                 swap=k % 2 == 1,
                 activation=activation,
@@ -155,9 +165,9 @@ class Glow(Flow):
     def __init__(
         self,
         input_dim: int | None = None,
+        *,
         num_layers: int = 5,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
         base: str = "normal",
@@ -172,7 +182,13 @@ class Glow(Flow):
         def vector(d: int) -> list[Transform]:
             layers: list[Transform] = []
             for k in range(num_layers):
-                c = _coupling(d, hidden_dims, context_dim, swap=k % 2 == 1, activation=activation)
+                c = _coupling(
+                    d,
+                    hidden_dims=hidden_dims,
+                    context_dim=context_dim,
+                    swap=k % 2 == 1,
+                    activation=activation,
+                )
                 layers += [c, LULinear(d), ActNorm(d)]
             return layers
 
@@ -237,9 +253,9 @@ class NSF(Flow):
     def __init__(
         self,
         input_dim: int,
+        *,
         num_layers: int = 5,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         bins: int = 8,
         bound: float = 5.0,
@@ -270,15 +286,25 @@ class NSF(Flow):
                     rest = rest[torch.randperm(len(rest), generator=g)]
                     layers.append(Permute(torch.cat((done[:keep], rest))))
                 swap = input_dim == 2 and k % 2 == 1
-                layers.append(_coupling(input_dim, hidden_dims, context_dim, swap=swap, **spline))
+                layers.append(
+                    _coupling(
+                        input_dim,
+                        hidden_dims=hidden_dims,
+                        context_dim=context_dim,
+                        swap=swap,
+                        **spline,
+                    )
+                )
         else:
             for k in range(num_layers):
                 order = list(range(input_dim))[:: 1 if k % 2 == 0 else -1]
                 kw = dict(fast=fast or "density", order=order, **spline)
                 if context_dim:
                     layers.append(
-                        ConditionalMaskedAutoregressive(input_dim, context_dim, hidden_dims, **kw)
+                        ConditionalMaskedAutoregressive(
+                            input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
+                        )
                     )
                 else:
-                    layers.append(MaskedAutoregressive(input_dim, hidden_dims, **kw))
+                    layers.append(MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, **kw))
         super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)

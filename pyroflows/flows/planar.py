@@ -25,15 +25,17 @@ class Planar(Flow):
     def __init__(
         self,
         input_dim: int,
+        *,
         num_layers: int = 16,
         hidden_dims: Sequence[int] | None = None,
-        *,
         context_dim: int = 0,
         base: str = "normal",
     ) -> None:
         if context_dim:
             layers = [
-                ConditionalPlanarTransform(input_dim, context_dim, hidden_dims)
+                ConditionalPlanarTransform(
+                    input_dim, context_dim=context_dim, hidden_dims=hidden_dims
+                )
                 for _ in range(num_layers)
             ]
         else:

@@ -75,14 +75,14 @@ class ChannelSlice(FlowTransform):
 
     Example:
         >>> from pyroflows.transforms import ActNorm
-        >>> t = ChannelSlice((4, 2, 2), 2, [ActNorm(2, event_shape=(2, 2, 2))])
+        >>> t = ChannelSlice((4, 2, 2), start=2, transforms=[ActNorm(2, event_shape=(2, 2, 2))])
         >>> x = torch.randn(3, 4, 2, 2)
         >>> torch.equal(t.inv(x)[:, :2], x[:, :2])
         True
     """
 
     def __init__(
-        self, shape: Sequence[int], start: int, transforms: Sequence[FlowTransform]
+        self, shape: Sequence[int], *, start: int, transforms: Sequence[FlowTransform]
     ) -> None:
         c, h, w = image_shape(shape)
         if not 0 <= int(start) < c:
@@ -137,8 +137,8 @@ class ConditionalChannelSlice(ConditionalFlowTransform, ChannelSlice):
     """:class:`ChannelSlice` whose inner transforms take a context.
 
     Example:
-        >>> inner = ConditionalImageCoupling((2, 2, 2), 3, (8,))
-        >>> t = ConditionalChannelSlice((4, 2, 2), 2, [inner])
+        >>> inner = ConditionalImageCoupling((2, 2, 2), context_dim=3, hidden_channels=(8,))
+        >>> t = ConditionalChannelSlice((4, 2, 2), start=2, transforms=[inner])
         >>> t.condition(torch.randn(3))(torch.randn(4, 2, 2)).shape
         torch.Size([4, 2, 2])
     """
@@ -189,7 +189,7 @@ class _MultiScale:
 
     def coupling(self, **kw) -> FlowTransform:
         if self.context_dim:
-            return ConditionalImageCoupling(self.part, self.context_dim, **kw)
+            return ConditionalImageCoupling(self.part, context_dim=self.context_dim, **kw)
         return ImageCoupling(self.part, **kw)
 
     def add(self, *ts: FlowTransform) -> None:
@@ -202,7 +202,7 @@ class _MultiScale:
             self.done.extend(self.pending)
         else:
             cls = ConditionalChannelSlice if self.context_dim else ChannelSlice
-            self.done.append(cls(self.full, self.start, self.pending[::-1]))
+            self.done.append(cls(self.full, start=self.start, transforms=self.pending[::-1]))
         self.pending = []
 
     def squeeze(self) -> None:
@@ -225,7 +225,7 @@ class _MultiScale:
     def finish(self) -> list[FlowTransform]:
         self.flush()
         if self.full != self.shape:
-            self.done.append(Reshape(self.shape, self.full))
+            self.done.append(Reshape(self.shape, data_shape=self.full))
         return self.done[::-1]
 
 

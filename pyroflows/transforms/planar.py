@@ -136,7 +136,12 @@ class ConditionalPlanarTransform(ConditionalFlowTransform, PlanarTransform):
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs
+        self,
+        input_dim: int,
+        *,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        **kwargs,
     ):
         super().__init__(input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kwargs)
 
@@ -150,7 +155,7 @@ def conditional_planar(
     input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None
 ) -> ConditionalPlanarTransform:
     """Conditional planar layer."""
-    return ConditionalPlanarTransform(input_dim, context_dim, hidden_dims)
+    return ConditionalPlanarTransform(input_dim, context_dim=context_dim, hidden_dims=hidden_dims)
 
 
 def __getattr__(name: str) -> type:
