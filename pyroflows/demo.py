@@ -40,7 +40,7 @@ def _demo_moons(out: Path, quick: bool) -> list[dict[str, Any]]:
     for name in ("MAF", "RealNVP"):
         print(f"fitting {name} to two moons ({n} rows, {steps} steps)", flush=True)
         torch.manual_seed(0)
-        flow = getattr(pf, name)(2, layers, hidden)
+        flow = getattr(pf, name)(2, num_layers=layers, hidden_dims=hidden)
         start = time.perf_counter()
         fit = fit_table(flow, train, steps=steps, lr=1e-3, seed=0, lr_schedule="cosine",
                         progress=not quick)  # fmt: skip
