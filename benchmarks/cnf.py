@@ -122,7 +122,7 @@ def _pyroflows_run(
     """Train a pf.CNF (``start``: a copy of a flow-matching model to fine-tune) with pf.fit."""
     regularize = run.method in ("rnode", "fm+rnode")
     if start is None:
-        flow = pf.CNF(2, args.hidden, activation=nn.SiLU, solver=SOLVER)
+        flow = pf.CNF(2, hidden_dims=args.hidden, activation=nn.SiLU, solver=SOLVER)
         cap, lr, batch_size = args.cap, args.lr, args.batch_size
         if run.method == "fm":
             cap, lr, batch_size = math.inf, args.fm_lr, args.fm_batch_size
@@ -207,7 +207,7 @@ def linear_cnf(train: torch.Tensor) -> pf.CNF:
     a = vecs @ torch.diag(0.5 * lam.log()) @ vecs.T  # expm(a) = cov^(1/2)
     # z(1) = expm(a) z(0) + a^-1 (expm(a) - I) b = cov^(1/2) z(0) + mean
     b = torch.linalg.solve(torch.linalg.matrix_exp(a) - torch.eye(2, dtype=a.dtype), a @ mean)
-    flow = pf.CNF(2, (), solver=SOLVER)
+    flow = pf.CNF(2, hidden_dims=(), solver=SOLVER)
     layer = flow.transform.vector_field.layers[0]
     with torch.no_grad():
         for p in (layer.gate_weight, layer.gate_bias, layer.time_weight):
@@ -227,7 +227,7 @@ def linear_nfe(train: torch.Tensor, test: torch.Tensor) -> int:
 
 def _warm_up() -> None:
     """One untimed optimiser step and solve: the first ones pay for lazy imports."""
-    flow = pf.CNF(2, (8,))
+    flow = pf.CNF(2, hidden_dims=(8,))
     opt = torch.optim.Adam(flow.parameters())
     flow.log_prob(torch.zeros(2, 2)).sum().backward()
     opt.step()

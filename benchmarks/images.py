@@ -6,13 +6,13 @@ pipeline: fresh uniform dequantisation ``y = (x + u) / 17`` at every step and a 
 pre-transform with ``alpha = 0.05`` (pyroflows' ``logit=0.05``; normflows'
 ``transforms.Logit(0.05)`` as the ``MultiscaleFlow`` transform). Matched size:
 
-* pyroflows ``Glow(shape=(1, 8, 8), levels=2, steps=4, hidden_channels=64)``: 2 levels of
+* pyroflows ``Glow(shape=(1, 8, 8), levels=2, steps_per_level=4, hidden_channels=64)``: 2 levels of
   4 x (ActNorm, LU 1x1 convolution, affine channel coupling with a conv3x3-conv1x1-conv3x3
   net of 64 channels), half of the channels factored out under a learned conditional prior;
 * normflows ``MultiscaleFlow`` with ``L = 2`` levels of ``K = 4`` ``GlowBlock(channels, 64)``
   (the same coupling net, LU 1x1 convolution and ActNorm) and a ``DiagGaussian`` base per level,
   built as in normflows' Glow example;
-* pyroflows ``RealNVP(shape=(1, 8, 8), levels=2, steps=3, hidden_channels=64)``: checkerboard
+* pyroflows ``RealNVP(shape=(1, 8, 8), levels=2, steps_per_level=3, hidden_channels=64)``: checkerboard
   and channel couplings with ActNorm (Dinh et al.'s multi-scale architecture).
 
 Every model is trained by the same loop (Adam, lr 1e-3 with a cosine schedule, batches of 64,
@@ -102,9 +102,11 @@ class NormflowsGlow(nn.Module):
 def build(name: str) -> nn.Module:
     torch.manual_seed(0)
     if name == "pyroflows Glow":
-        return pf.Glow(shape=SHAPE, levels=LEVELS, steps=STEPS_PER_LEVEL, hidden_channels=HIDDEN)
+        return pf.Glow(
+            shape=SHAPE, levels=LEVELS, steps_per_level=STEPS_PER_LEVEL, hidden_channels=HIDDEN
+        )
     if name == "pyroflows RealNVP":
-        return pf.RealNVP(shape=SHAPE, levels=LEVELS, steps=3, hidden_channels=HIDDEN)
+        return pf.RealNVP(shape=SHAPE, levels=LEVELS, steps_per_level=3, hidden_channels=HIDDEN)
     if name == "normflows Glow":
         return NormflowsGlow()
     raise ValueError(name)

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .flows import FLOWS
+from .nn import default_hidden_dims
 
 __all__ = ["FLOW_CHOICES", "main"]
 
@@ -220,7 +221,8 @@ def fit_table(
     Example:
         >>> import math, pyroflows as pf
         >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(2000, 2))
-        >>> out = fit_table(pf.MAF(2, 2, (8,)), x, steps=50, lr=1e-2, seed=0)
+        >>> flow = pf.MAF(2, num_layers=2, hidden_dims=(8,))
+        >>> out = fit_table(flow, x, steps=50, lr=1e-2, seed=0)
         >>> entropy = math.log(2 * math.pi * math.e * 2.0**2)   # of N(3, 2^2 I): 4.22 nats
         >>> sorted(out), out["n_val"], abs(out["val_nll"] - entropy) < 0.15
         (['history', 'n_train', 'n_val', 'standardizer', 'train_nll', 'val_nll'], 200, True)
@@ -469,7 +471,12 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("data", help="CSV (header optional), TSV or .npy file; one row per example")
     f.add_argument("--flow", choices=sorted(FLOW_CHOICES), default="maf", help="flow family")
     f.add_argument("--layers", type=_positive(int), default=None, help="number of layers")
-    f.add_argument("--hidden", type=_hidden, default=(128, 128), help="hidden sizes, e.g. 128,128")
+    f.add_argument(
+        "--hidden",
+        type=_hidden,
+        default=default_hidden_dims(),
+        help="hidden sizes, e.g. 128,128 (default: %(default)s, pyroflows.nn.default_hidden_dims)",
+    )
     f.add_argument("--steps", type=_positive(int), default=2000, help="optimisation steps")
     f.add_argument("--batch-size", type=_positive(int), default=256)
     f.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")

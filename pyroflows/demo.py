@@ -40,7 +40,7 @@ def _demo_moons(out: Path, quick: bool) -> list[dict[str, Any]]:
     for name in ("MAF", "RealNVP"):
         print(f"fitting {name} to two moons ({n} rows, {steps} steps)", flush=True)
         torch.manual_seed(0)
-        flow = getattr(pf, name)(2, layers, hidden)
+        flow = getattr(pf, name)(2, num_layers=layers, hidden_dims=hidden)
         start = time.perf_counter()
         fit = fit_table(flow, train, steps=steps, lr=1e-3, seed=0, lr_schedule="cosine",
                         progress=not quick)  # fmt: skip
@@ -70,7 +70,10 @@ def _demo_digits(out: Path, quick: bool) -> dict[str, Any]:
     print(f"fitting MAF to digits ({len(train)} images, {steps} steps)", flush=True)
     torch.manual_seed(0)
     # MAF on the logit of the dequantised pixels y = (level + u) / 17 in [0, 1)
-    flow = pf.Flow([*pf.MAF(64, layers, hidden).transforms, Logit((64,))], event_shape=(64,))
+    flow = pf.Flow(
+        [*pf.MAF(64, num_layers=layers, hidden_dims=hidden).transforms, Logit((64,))],
+        event_shape=(64,),
+    )
     start = time.perf_counter()
     loss = pf.bits_per_dim_loss(levels=K)
     pf.fit(flow, train, steps=steps, batch_size=128, lr=1e-3, seed=0, progress=not quick,

@@ -10,7 +10,7 @@ from pyroflows import transforms as T
 
 
 def test_sample_then_score_uses_the_slot_not_the_sequential_inverse(monkeypatch):
-    flow = pf.IAF(3, 2, (8,))
+    flow = pf.IAF(3, num_layers=2, hidden_dims=(8,))
     perturb(flow)
     x, lp = flow.rsample_and_log_prob((5,))
 
@@ -23,7 +23,7 @@ def test_sample_then_score_uses_the_slot_not_the_sequential_inverse(monkeypatch)
 
 
 def test_a_new_context_is_never_served_from_the_slot():
-    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    flow = pf.MAF(3, num_layers=2, hidden_dims=(8,), context_dim=2)
     perturb(flow)
     x = torch.randn(4, 3)
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_a_new_context_is_never_served_from_the_slot():
 
 
 def test_parameter_update_invalidates_the_slot():
-    t = T.Coupling(2, (8,))
+    t = T.Coupling(2, hidden_dims=(8,))
     perturb(t)
     x = torch.randn(3, 2)
     y1 = t(x)
@@ -53,7 +53,7 @@ def test_dtype_change_invalidates_the_slot():
 
 
 def test_log_det_is_handed_out_once():
-    t = T.Coupling(2, (8,))
+    t = T.Coupling(2, hidden_dims=(8,))
     x = torch.randn(3, 2)
     y = t(x)
     t.log_abs_det_jacobian(x, y)
@@ -73,7 +73,7 @@ def test_in_place_change_of_the_input_invalidates_the_slot():
 def test_a_transform_with_a_filled_slot_can_be_deep_copied():
     import copy
 
-    t = T.Coupling(2, (8,))
+    t = T.Coupling(2, hidden_dims=(8,))
     perturb(t)
     t(torch.randn(3, 2, requires_grad=True))
     clone = copy.deepcopy(t)
@@ -82,7 +82,7 @@ def test_a_transform_with_a_filled_slot_can_be_deep_copied():
 
 # ---- issue 10 item 2: contexts and parameters changed behind the slot's back -----------------
 def test_context_changed_in_place_between_rsample_and_log_prob_is_not_served_stale():
-    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    flow = pf.MAF(3, num_layers=2, hidden_dims=(8,), context_dim=2)
     perturb(flow)
     c = torch.randn(4, 2)
     d = flow(c)
@@ -103,7 +103,7 @@ def _same_values_as_a_fresh_copy(flow, x, value):
 
 
 def test_parameter_replaced_through_data_is_detected():
-    flow = pf.IAF(3, 2, (8,))
+    flow = pf.IAF(3, num_layers=2, hidden_dims=(8,))
     perturb(flow)
     x, _ = flow.rsample_and_log_prob((5,))
     p = flow.transforms[0].conditioner.net[0].weight
@@ -114,7 +114,7 @@ def test_parameter_replaced_through_data_is_detected():
 def test_vector_to_parameters_is_detected():
     from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-    flow = pf.IAF(3, 2, (8,))
+    flow = pf.IAF(3, num_layers=2, hidden_dims=(8,))
     perturb(flow)
     x, _ = flow.rsample_and_log_prob((5,))
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_vector_to_parameters_is_detected():
 
 
 def test_replaced_parameter_and_submodule_are_detected_without_hooks():
-    t = T.Coupling(2, (8,))
+    t = T.Coupling(2, hidden_dims=(8,))
     perturb(t)
     x = torch.randn(3, 2)
     y1 = t(x)
@@ -131,7 +131,9 @@ def test_replaced_parameter_and_submodule_are_detected_without_hooks():
     last.bias = torch.nn.Parameter(last.bias.detach() + 1.0)  # replaced, version 0 again
     y2 = t(x)
     assert not torch.allclose(y1, y2)
-    t.conditioner = T.Coupling(2, (8,)).conditioner  # a whole new (identity) conditioner
+    t.conditioner = T.Coupling(
+        2, hidden_dims=(8,)
+    ).conditioner  # a whole new (identity) conditioner
     torch.testing.assert_close(t(x), x)
 
 
@@ -149,13 +151,13 @@ def test_importing_pyroflows_installs_no_module_registration_hooks():
 
 def test_in_place_data_edit_of_a_parameter_needs_clear_cache():
     """The documented route: ``.data`` edits bypass version counters; clear_cache() after them."""
-    flow = pf.IAF(3, 2, (8,))
+    flow = pf.IAF(3, num_layers=2, hidden_dims=(8,))
     perturb(flow)
     x, _ = flow.rsample_and_log_prob((5,))
     flow.transforms[0].conditioner.net[0].weight.data.mul_(2.0)
     flow.clear_cache()
     _same_values_as_a_fresh_copy(flow, x, flow.log_prob(x))
-    t = T.Coupling(2, (8,))
+    t = T.Coupling(2, hidden_dims=(8,))
     perturb(t)
     v = torch.randn(3, 2)
     t(v)
@@ -176,7 +178,7 @@ def test_in_place_data_edit_of_the_input_needs_clear_cache():
 
 
 def test_the_slot_has_named_fields():
-    t = T.Coupling(2, (8,))
+    t = T.Coupling(2, hidden_dims=(8,))
     x = torch.randn(3, 2)
     y = t(x)
     slot = t._slot
@@ -187,7 +189,7 @@ def test_the_slot_has_named_fields():
 
 def test_torch_func_transforms_still_work():
     """The key reads storage pointers; torch.func's wrapped tensors have none."""
-    t = T.MaskedAutoregressive(3, (8,))
+    t = T.MaskedAutoregressive(3, hidden_dims=(8,))
     perturb(t)
     x = torch.randn(4, 3)
     params = dict(t.named_parameters())

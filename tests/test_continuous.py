@@ -48,9 +48,9 @@ def linear_flow(A: torch.Tensor, **kwargs) -> ContinuousFlow:
 
 def random_flow(dim=2, hidden=(16,), context_dim=0, **kwargs) -> ContinuousFlow:
     if context_dim:
-        t = ConditionalContinuousFlow(dim, context_dim, hidden, **kwargs)
+        t = ConditionalContinuousFlow(dim, context_dim=context_dim, hidden_dims=hidden, **kwargs)
     else:
-        t = ContinuousFlow(dim, hidden, **kwargs)
+        t = ContinuousFlow(dim, hidden_dims=hidden, **kwargs)
     perturb(t, 0.5)
     return t.double()
 
@@ -257,7 +257,7 @@ def test_minimising_the_penalties_smooths_the_field():
 
 def test_fit_adds_penalties_and_records_nfe():
     torch.manual_seed(10)
-    flow = pf.CNF(2, (8,), regularize=True, solver=tol(1e-4))
+    flow = pf.CNF(2, hidden_dims=(8,), regularize=True, solver=tol(1e-4))
     data = torch.randn(64, 2) * 0.5 + 1
     history = pf.fit(
         flow,
@@ -300,7 +300,7 @@ def test_underflow_raises_a_pyroflows_error_with_advice():
 )
 def test_invalid_settings_raise_clear_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
-        ContinuousFlow(2, (8,), **kwargs)
+        ContinuousFlow(2, hidden_dims=(8,), **kwargs)
 
 
 def test_training_and_evaluation_use_separate_solvers():
@@ -325,16 +325,18 @@ def test_training_and_evaluation_use_separate_solvers():
 
 
 def test_one_solver_serves_both_modes_unless_eval_solver_is_given():
-    t = ContinuousFlow(2, (8,), solver={"method": "rk4", "step_size": 0.5})
+    t = ContinuousFlow(2, hidden_dims=(8,), solver={"method": "rk4", "step_size": 0.5})
     assert t.train_solver == t.eval_solver == ODESolver("rk4", step_size=0.5)
-    assert ContinuousFlow(2, (8,)).eval_solver == ODESolver("dopri5", rtol=1e-5, atol=1e-5)
+    assert ContinuousFlow(2, hidden_dims=(8,)).eval_solver == ODESolver(
+        "dopri5", rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("conditional", [False, True])
 def test_saved_cnf_keeps_its_training_and_evaluation_solvers(tmp_path, conditional):
     flow = pf.CNF(
         2,
-        (8,),
+        hidden_dims=(8,),
         context_dim=2 if conditional else 0,
         solver=ODESolver("rk4", step_size=0.25),
         eval_solver={"rtol": 1e-7, "atol": 1e-6},
@@ -371,7 +373,7 @@ def test_set_divergence_switches_for_good_or_inside_a_with_block():
 
 def test_divergence_estimator_is_switchable_after_loading(tmp_path):
     torch.manual_seed(11)
-    flow = pf.CNF(2, (16,), divergence="exact", solver=tol(1e-7))
+    flow = pf.CNF(2, hidden_dims=(16,), divergence="exact", solver=tol(1e-7))
     perturb(flow, 0.5)
     path = tmp_path / "cnf.pt"
     flow.save(path)
@@ -389,7 +391,7 @@ def test_divergence_estimator_is_switchable_after_loading(tmp_path):
 
 def test_variational_guide_samples_and_scores_in_one_solve(monkeypatch):
     torch.manual_seed(12)
-    flow = pf.CNF(2, (8,), solver=tol(1e-7))
+    flow = pf.CNF(2, hidden_dims=(8,), solver=tol(1e-7))
     perturb(flow, 0.5)
     solves = []
     solve = flow.transform._solve
@@ -418,7 +420,7 @@ def test_pyro_autoguide_with_continuous_flow_helper():
 
 
 def test_augmented_cnf_is_a_distribution_over_the_data_dimensions(tmp_path):
-    flow = pf.CNF(2, (8,), augment_dim=2)
+    flow = pf.CNF(2, hidden_dims=(8,), augment_dim=2)
     d = flow()
     assert flow.event_shape == d.event_shape == (2,) and flow.transform.event_shape == (4,)
     assert d.sample((3,)).shape == (3, 2)
@@ -442,7 +444,7 @@ def test_augmented_cnf_is_a_distribution_over_the_data_dimensions(tmp_path):
 
 def test_augmented_log_prob_is_a_lower_bound_that_tightens_with_samples():
     torch.manual_seed(13)
-    flow = pf.CNF(1, (16,), augment_dim=1, solver=tol(1e-6)).double()
+    flow = pf.CNF(1, hidden_dims=(16,), augment_dim=1, solver=tol(1e-6)).double()
     perturb(flow.transform, 0.5)
     perturb(flow.auxiliary, 0.1)
     x = torch.tensor([[0.3], [-1.0]], dtype=F64)
@@ -470,7 +472,7 @@ def test_a_model_file_written_with_the_old_solver_keywords_still_loads(tmp_path)
 
     from pyroflows.flows import _checksum
 
-    flow = pf.CNF(2, (8,), solver={"rtol": 1e-4, "atol": 1e-4})
+    flow = pf.CNF(2, hidden_dims=(8,), solver={"rtol": 1e-4, "atol": 1e-4})
     flow.save(tmp_path / "new.pt")
     payload = torch.load(tmp_path / "new.pt", weights_only=True)
     config = json.loads(payload["config"])
@@ -486,4 +488,4 @@ def test_a_model_file_written_with_the_old_solver_keywords_still_loads(tmp_path)
     x = torch.randn(3, 2)
     torch.testing.assert_close(again.log_prob(x), flow.log_prob(x))  # the same weights
     with pytest.raises(TypeError, match="only, not also"):
-        pf.CNF(2, (8,), solver=ODESolver(), rtol=1e-4)
+        pf.CNF(2, hidden_dims=(8,), solver=ODESolver(), rtol=1e-4)

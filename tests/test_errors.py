@@ -12,7 +12,7 @@ from pyroflows.transforms import is_validation_enabled
 
 @pytest.mark.parametrize("flow_cls", [pf.MAF, pf.IAF, pf.RealNVP, pf.NICE, pf.Glow, pf.Planar])
 def test_wrong_data_shape(flow_cls):
-    flow = flow_cls(3, 2, (8,))
+    flow = flow_cls(3, num_layers=2, hidden_dims=(8,))
     with pytest.raises(ValueError, match=r"Expected data shape \(\.\.\., 3\); got \(5, 4\)"):
         flow.log_prob(torch.randn(5, 4))
 
@@ -26,7 +26,7 @@ def test_wrong_shape_at_transform_level_names_the_layer():
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_input_names_rows(bad):
-    flow = pf.RealNVP(2, 2, (8,))
+    flow = pf.RealNVP(2, num_layers=2, hidden_dims=(8,))
     x = torch.randn(6, 2)
     x[4, 1] = bad
     with pytest.raises(pf.NonFiniteError, match=r"NaN or Inf \(first bad rows \[4\]\)"):
@@ -42,26 +42,26 @@ def test_non_finite_output_from_finite_input_names_the_layer():
 
 
 def test_validation_can_be_switched_off_and_returns_nan():
-    flow = pf.RealNVP(2, 2, (8,))
+    flow = pf.RealNVP(2, num_layers=2, hidden_dims=(8,))
     with pf.validation(False):
         lp = flow.log_prob(torch.tensor([[float("nan"), 0.0]]))
     assert torch.isnan(lp).all()
 
 
 def test_context_errors():
-    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    flow = pf.MAF(3, num_layers=2, hidden_dims=(8,), context_dim=2)
     with pytest.raises(ValueError, match=r"Expected context shape \(\.\.\., 2\); got \(4, 5\)"):
         flow.log_prob(torch.randn(4, 3), torch.randn(4, 5))
     with pytest.raises(ValueError, match="is conditional"):
         flow.log_prob(torch.randn(4, 3))
     with pytest.raises(ValueError, match="unconditional"):
-        pf.MAF(3, 2, (8,)).log_prob(torch.randn(4, 3), torch.randn(4, 2))
+        pf.MAF(3, num_layers=2, hidden_dims=(8,)).log_prob(torch.randn(4, 3), torch.randn(4, 2))
     with pytest.raises(ValueError, match="pass a context"):
-        T.ConditionalCoupling(3, 2)(torch.randn(2, 3))
+        T.ConditionalCoupling(3, context_dim=2)(torch.randn(2, 3))
 
 
 def test_dtype_mismatch_says_how_to_convert():
-    flow = pf.RealNVP(2, 2, (8,)).double()
+    flow = pf.RealNVP(2, num_layers=2, hidden_dims=(8,)).double()
     with pytest.raises(TypeError, match=r"float32 input for a torch.float64 transform"):
         flow.log_prob(torch.randn(3, 2, dtype=torch.float32))
 
@@ -121,7 +121,9 @@ def test_validation_switch_is_per_thread_when_blocks_interleave():
             wait(a_out)  # A left its block first
             seen["B inside after A left"] = is_validation_enabled()
             try:
-                pf.RealNVP(2, 2, (8,)).log_prob(torch.tensor([[float("nan"), 0.0]]))
+                pf.RealNVP(2, num_layers=2, hidden_dims=(8,)).log_prob(
+                    torch.tensor([[float("nan"), 0.0]])
+                )
                 seen["B's NaN scored without error"] = True
             except pf.NonFiniteError:
                 seen["B's NaN scored without error"] = False
@@ -144,20 +146,20 @@ def test_validation_switch_is_per_thread_when_blocks_interleave():
 
 
 def test_nan_context_is_named_not_the_weights():
-    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    flow = pf.MAF(3, num_layers=2, hidden_dims=(8,), context_dim=2)
     c = torch.randn(4, 2)
     c[2, 0] = float("nan")
     with pytest.raises(
         pf.NonFiniteError, match=r"context contains NaN or Inf \(first bad rows \[2\]\)"
     ):
         flow.log_prob(torch.randn(4, 3), c)
-    t = T.ConditionalCoupling(3, 2, (8,))
+    t = T.ConditionalCoupling(3, context_dim=2, hidden_dims=(8,))
     with pytest.raises(pf.NonFiniteError, match=r"Coupling \(inverse\): the context contains NaN"):
         t.condition(c).inv(torch.randn(4, 3))
 
 
 def test_check_flow_on_a_conditional_flow_without_context():
-    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    flow = pf.MAF(3, num_layers=2, hidden_dims=(8,), context_dim=2)
     with pytest.raises(ValueError, match=r"conditional \(context_dim=2\); pass context="):
         pf.check_flow(flow)
     with pytest.raises(
@@ -165,26 +167,28 @@ def test_check_flow_on_a_conditional_flow_without_context():
     ):
         pf.check_flow(flow, context=torch.randn(4, 3))
     with pytest.raises(ValueError, match="unconditional; do not pass a context"):
-        pf.check_flow(pf.MAF(3, 2, (8,)), context=torch.randn(2))
+        pf.check_flow(pf.MAF(3, num_layers=2, hidden_dims=(8,)), context=torch.randn(2))
     assert pf.check_flow(flow, context=torch.randn(2)).passed
 
 
 def test_integer_data_hint_says_convert_the_data():
-    flow = pf.RealNVP(2, 2, (8,))
+    flow = pf.RealNVP(2, num_layers=2, hidden_dims=(8,))
     with pytest.raises(TypeError, match=r"got torch.int64.*x.to\(torch.float32\)") as info:
         flow.log_prob(torch.randint(0, 3, (4, 2)))
     assert "flow.to" not in str(info.value)
     with pytest.raises(TypeError, match=r"x.to\(torch.float32\)") as info:
-        T.Coupling(2, (8,))(torch.randint(0, 3, (4, 2)))
+        T.Coupling(2, hidden_dims=(8,))(torch.randint(0, 3, (4, 2)))
     assert "int64)" not in str(info.value)  # never flow.to(torch.int64)
 
 
 def test_context_rows_that_do_not_match_the_data_rows():
-    flow = pf.MAF(3, 2, (8,), context_dim=2)
+    flow = pf.MAF(3, num_layers=2, hidden_dims=(8,), context_dim=2)
     with pytest.raises(ValueError, match=r"batch shape \(4,\).*batch shape \(5,\)"):
         flow(torch.randn(4, 2)).log_prob(torch.randn(5, 3))
     with pytest.raises(ValueError, match=r"batch shape \(5,\) does not broadcast with the context"):
-        T.ConditionalCoupling(3, 2, (8,)).condition(torch.randn(4, 2)).inv(torch.randn(5, 3))
+        T.ConditionalCoupling(3, context_dim=2, hidden_dims=(8,)).condition(torch.randn(4, 2)).inv(
+            torch.randn(5, 3)
+        )
 
 
 def test_actnorm_ignores_an_empty_first_batch():

@@ -287,7 +287,9 @@ def test_regularization_is_added_to_the_loss_and_recorded():
 def test_continuous_flow_reports_its_rnode_penalties_and_solver_cost():
     from pyroflows.transforms import ContinuousFlow
 
-    cnf = ContinuousFlow(2, (8,), regularize=True, solver={"method": "rk4", "step_size": 0.25})
+    cnf = ContinuousFlow(
+        2, hidden_dims=(8,), regularize=True, solver={"method": "rk4", "step_size": 0.25}
+    )
     weights = {"kinetic": 0.1, "jacobian": 0.1}
     h = pf.fit(pf.Flow([cnf], event_shape=(2,)), gaussian(64, 0), steps=3, batch_size=32,
                val_fraction=0.0, regularization=weights, progress=False)  # fmt: skip

@@ -18,7 +18,7 @@ from pyroflows.infer.flow_matching import flow_matching_loss, ot_pair
 def test_zero_field_loss_is_the_second_moment_of_the_target_velocity(sigma_min, t1):
     """With f = 0 the loss is E||x1 - (1 - sigma_min) x0||^2 / (t1 - t0)^2, x0 ~ N(0, I)."""
     torch.manual_seed(0)
-    flow = pf.CNF(2, (8,), t1=t1)  # zero-initialised last layer: f = 0
+    flow = pf.CNF(2, hidden_dims=(8,), t1=t1)  # zero-initialised last layer: f = 0
     n = 20000
     x1 = torch.randn(n, 2, dtype=torch.float64) * 0.5 + torch.tensor(
         [2.0, -1.0], dtype=torch.float64
@@ -37,7 +37,7 @@ def test_zero_field_loss_is_the_second_moment_of_the_target_velocity(sigma_min, 
 def test_time_power_sets_the_distribution_of_path_times(power, mean):
     """s = 1 - (1 - u)^k has mean k / (k + 1); the field sees t0 + s (t1 - t0)."""
     torch.manual_seed(6)
-    flow = pf.CNF(2, (8,), t0=1.0, t1=3.0)
+    flow = pf.CNF(2, hidden_dims=(8,), t0=1.0, t1=3.0)
     times = []
     flow.transform.vector_field.register_forward_pre_hook(lambda m, args: times.append(args[0]))
     flow_matching_loss(flow, torch.randn(40000, 2), time_power=power)
@@ -63,7 +63,7 @@ def test_ot_pairing_is_the_optimal_assignment():
 
 def test_ot_pairing_lowers_the_loss_on_the_same_draws():
     x1 = torch.randn(256, 2) * 0.5  # OT cost ~ 2 (1 - 0.5)^2 = 0.5, independent pairs: 2.5
-    flow = pf.CNF(2, (8,))
+    flow = pf.CNF(2, hidden_dims=(8,))
     torch.manual_seed(2)
     independent = flow_matching_loss(flow, x1)
     torch.manual_seed(2)  # the same noise and times, re-paired
@@ -89,7 +89,7 @@ def test_fm_cnf_learns_a_gaussian_in_the_sampling_direction_with_exact_likelihoo
     torch.manual_seed(3)
     mean, std = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.5])
     target = torch.distributions.Normal(mean, std)
-    flow = pf.CNF(2, (32, 32), solver={"rtol": 1e-5, "atol": 1e-5})
+    flow = pf.CNF(2, hidden_dims=(32, 32), solver={"rtol": 1e-5, "atol": 1e-5})
     history = pf.fit(
         flow,
         target.sample((4096,)),
@@ -119,7 +119,7 @@ def test_conditional_fm_loss_decreases_and_uses_the_context():
     torch.manual_seed(4)
     c = torch.randint(0, 2, (512, 1)).float()
     x = torch.randn(512, 2) * 0.3 + (4 * c - 2)  # two clusters selected by the context
-    flow = pf.CNF(2, (32,), context_dim=1)
+    flow = pf.CNF(2, hidden_dims=(32,), context_dim=1)
     losses = _train(flow, x, c, steps=150)
     assert sum(losses[-20:]) / 20 < 0.5 * sum(losses[:5]) / 5
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_conditional_fm_loss_decreases_and_uses_the_context():
 
 def test_augmented_cnf_trains_with_flow_matching():
     torch.manual_seed(5)
-    flow = pf.CNF(2, (16,), augment_dim=2)
+    flow = pf.CNF(2, hidden_dims=(16,), augment_dim=2)
     x = torch.randn(256, 2) + 3
     losses = _train(flow, x, steps=60)
     assert losses[-1] < losses[0]
@@ -140,18 +140,22 @@ def test_augmented_cnf_trains_with_flow_matching():
 @pytest.mark.parametrize(
     ("call", "error", "match"),
     [
-        (lambda f, x: flow_matching_loss(pf.MAF(2, 1, (8,)), x), TypeError, "continuous flow"),
+        (
+            lambda f, x: flow_matching_loss(pf.MAF(2, num_layers=1, hidden_dims=(8,)), x),
+            TypeError,
+            "continuous flow",
+        ),
         (lambda f, x: flow_matching_loss(f, x[:, :1]), ValueError, r"shape \(\.\.\., 2\)"),
         (lambda f, x: flow_matching_loss(f, x, sigma_min=1.0), ValueError, "sigma_min"),
         (lambda f, x: flow_matching_loss(f, x, torch.ones(4, 1)), ValueError, "unconditional"),
         (
-            lambda f, x: flow_matching_loss(pf.CNF(2, (8,), context_dim=1), x),
+            lambda f, x: flow_matching_loss(pf.CNF(2, hidden_dims=(8,), context_dim=1), x),
             ValueError,
             "pass a context",
         ),
         (
             lambda f, x: flow_matching_loss(
-                pf.CNF(2, (8,), context_dim=1), x, torch.ones(4, 1), ot_pairing=True
+                pf.CNF(2, hidden_dims=(8,), context_dim=1), x, torch.ones(4, 1), ot_pairing=True
             ),
             ValueError,
             "ot_pairing",
@@ -161,7 +165,7 @@ def test_augmented_cnf_trains_with_flow_matching():
 )
 def test_flow_matching_errors(call, error, match):
     with pytest.raises(error, match=match):
-        call(pf.CNF(2, (8,)), torch.randn(4, 2))
+        call(pf.CNF(2, hidden_dims=(8,)), torch.randn(4, 2))
 
 
 #: Flow-matching steps per toy set (3 x 128 network, batches of 1024, cosine learning rate, the
@@ -177,7 +181,7 @@ def fm_toy_nll(name: str, steps: int) -> float:
     torch.manual_seed(0)
     make = toy.TOY_DATASETS[name]
     train, test = make(200_000, seed=0), make(5000, seed=1)
-    flow = pf.CNF(2, (128, 128, 128), solver={"rtol": 1e-5, "atol": 1e-5})
+    flow = pf.CNF(2, hidden_dims=(128, 128, 128), solver={"rtol": 1e-5, "atol": 1e-5})
     pf.fit(
         flow,
         train,

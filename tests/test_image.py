@@ -44,11 +44,11 @@ def test_shape_changing_transforms_check_the_shape_of_each_direction():
     with pytest.raises(ValueError, match="divisible"):
         T.Squeeze((1, 5, 4))
     with pytest.raises(ValueError, match="same number of entries"):
-        T.Reshape((1, 4, 4), (3, 2, 2))
+        T.Reshape((1, 4, 4), data_shape=(3, 2, 2))
 
 
 def test_checkerboard_coupling_keeps_the_pixels_it_conditions_on():
-    t = T.ImageCoupling((2, 4, 4), (8,), mask="checkerboard")
+    t = T.ImageCoupling((2, 4, 4), hidden_channels=(8,), mask="checkerboard")
     perturb(t)
     x = torch.randn(3, 2, 4, 4)
     y = t(x)
@@ -65,7 +65,7 @@ def test_checkerboard_coupling_keeps_the_pixels_it_conditions_on():
 
 def test_channel_coupling_keeps_the_identity_half():
     for swap, kept in ((False, slice(0, 1)), (True, slice(1, 3))):
-        t = T.ImageCoupling((3, 4, 4), (8,), swap=swap)
+        t = T.ImageCoupling((3, 4, 4), hidden_channels=(8,), swap=swap)
         perturb(t)
         x = torch.randn(2, 3, 4, 4)
         y = t(x)
@@ -80,9 +80,9 @@ def test_channel_coupling_needs_two_channels():
 
 
 def test_channel_slice_passes_the_head_and_names_an_inner_layer_on_nan():
-    inner = T.ImageCoupling((2, 2, 2), (8,))
+    inner = T.ImageCoupling((2, 2, 2), hidden_channels=(8,))
     perturb(inner)
-    t = T.ChannelSlice((5, 2, 2), 3, [inner])
+    t = T.ChannelSlice((5, 2, 2), start=3, transforms=[inner])
     x = torch.randn(4, 5, 2, 2)
     y = t.inv(x)
     assert torch.equal(y[:, :3], x[:, :3]) and not torch.allclose(y[:, 3:], x[:, 3:])
@@ -96,7 +96,7 @@ def test_channel_slice_passes_the_head_and_names_an_inner_layer_on_nan():
 
 
 def test_later_levels_do_not_touch_the_factored_out_half():
-    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps=1, hidden_channels=8, logit=None)
+    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps_per_level=1, hidden_channels=8, logit=None)
     perturb(flow)
     *inner, reshape = flow.transforms[::-1]  # data -> base, the final Reshape last
     assert isinstance(reshape, T.Reshape) and reshape.output_shape == (16, 2, 2)
@@ -119,7 +119,7 @@ def test_later_levels_do_not_touch_the_factored_out_half():
 
 
 def test_glow_structure_and_base_shape():
-    flow = pf.Glow(shape=(3, 8, 8), levels=3, steps=2, hidden_channels=8)
+    flow = pf.Glow(shape=(3, 8, 8), levels=3, steps_per_level=2, hidden_channels=8)
     names = [type(t).__name__ for t in flow.transforms]
     assert names[0] == "Reshape" and names[-1] == "Logit"
     assert names.count("Squeeze") == 3 and names.count("ChannelSlice") == 2
@@ -136,7 +136,7 @@ def test_glow_structure_and_base_shape():
 @pytest.mark.parametrize("preset", [pf.Glow, pf.RealNVP])
 def test_logit_flows_on_unit_interval_data(preset):
     """The registry checks image flows without the logit; here the default (logit) forms."""
-    flow = preset(shape=(1, 4, 4), levels=2, steps=1, hidden_channels=8)
+    flow = preset(shape=(1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8)
     assert isinstance(flow.transforms[-1], T.Logit)
     perturb(flow, 0.1)
     y = torch.rand(4, 1, 4, 4, dtype=torch.float64)
@@ -155,7 +155,9 @@ def test_logit_flows_on_unit_interval_data(preset):
 
 
 def test_image_flow_save_load_keeps_the_image_options(tmp_path):
-    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps=1, hidden_channels=(8,), coupling="additive")
+    flow = pf.Glow(
+        shape=(1, 8, 8), levels=2, steps_per_level=1, hidden_channels=(8,), coupling="additive"
+    )
     perturb(flow, 0.1)
     pf.save(flow, tmp_path / "glow.pt")
     again = pf.load(tmp_path / "glow.pt")
@@ -165,7 +167,9 @@ def test_image_flow_save_load_keeps_the_image_options(tmp_path):
 
 
 def test_actnorm_initialises_from_a_single_image():
-    flow = pf.Glow(shape=(1, 8, 8), levels=3, steps=1, hidden_channels=8)  # last level is 1x1
+    flow = pf.Glow(
+        shape=(1, 8, 8), levels=3, steps_per_level=1, hidden_channels=8
+    )  # last level is 1x1
     lp = flow.log_prob(torch.rand(1, 1, 8, 8))
     assert torch.isfinite(lp).all()
     norms = [m for m in flow.modules() if isinstance(m, T.ActNorm)]
@@ -174,7 +178,7 @@ def test_actnorm_initialises_from_a_single_image():
 
 
 def test_temperature_zero_gives_the_same_image_and_lower_spread():
-    flow = pf.Glow(shape=(1, 4, 4), levels=2, steps=1, hidden_channels=8)
+    flow = pf.Glow(shape=(1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8)
     perturb(flow, 0.1)
     cold = flow.sample((2,), temperature=0.0)
     torch.testing.assert_close(cold[0], cold[1])
@@ -184,7 +188,7 @@ def test_temperature_zero_gives_the_same_image_and_lower_spread():
 
 def test_fit_trains_glow_on_integer_images():
     x = digits("train")[:256]
-    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps=1, hidden_channels=16)
+    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps_per_level=1, hidden_channels=16)
     loss = pf.bits_per_dim_loss(levels=DIGITS_LEVELS)
     before = pf.bits_per_dim(flow, x, levels=17, generator=torch.Generator().manual_seed(0))
     history = pf.fit(
@@ -228,7 +232,9 @@ def test_bits_per_dim_of_an_untrained_flow_matches_the_analytic_value(alpha, lev
     images = torch.randint(0, levels, (3000, 1, 4, 4))
     # untrained Glow in eval mode: ActNorm stays the identity, couplings and priors are zero,
     # the 1x1 convolutions are rotations: the density is a standard normal (after the logit)
-    flow = pf.Glow(shape=(1, 4, 4), levels=2, steps=2, hidden_channels=8, logit=alpha).eval()
+    flow = pf.Glow(
+        shape=(1, 4, 4), levels=2, steps_per_level=2, hidden_channels=8, logit=alpha
+    ).eval()
     g = torch.Generator().manual_seed(0)
     bpd = pf.bits_per_dim(flow, images, levels=levels, samples=4, generator=g)
     # standard error <= 0.002 bits; the log K and logit terms are >= 0.15 bits
@@ -340,7 +346,7 @@ def test_save_image_grid_writes_the_pixels(tmp_path):
 def test_glow_on_digits_reaches_a_good_test_bits_per_dim():
     """Dense MAF/RealNVP elsewhere reach 2.24-2.33 bits/dim on this split."""
     train, test = digits("train"), digits("test")
-    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps=4, hidden_channels=64)
+    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps_per_level=4, hidden_channels=64)
     pf.fit(
         flow,
         train,

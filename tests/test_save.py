@@ -230,6 +230,27 @@ def test_files_written_before_checksums_still_load(tmp_path):
     assert again.metadata == {"note": 1}
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: pf.Glow(shape=(1, 4, 4), levels=2, steps_per_level=2, hidden_channels=8),
+        lambda: pf.RealNVP(shape=(1, 4, 4), levels=2, steps_per_level=2, hidden_channels=8),
+    ],
+    ids=["Glow", "RealNVP"],
+)
+def test_image_flows_saved_with_steps_load_as_steps_per_level(tmp_path, make):
+    flow = make()
+    pf.save(flow, tmp_path / "new.pt")
+    payload = torch.load(str(tmp_path / "new.pt"), weights_only=True)
+    config = json.loads(payload["config"])
+    config["steps"] = config.pop("steps_per_level")  # the key files were written with
+    rewrite(tmp_path / "new.pt", config=json.dumps(config))
+    again = pf.load(tmp_path / "new.pt")
+    assert again.config["steps_per_level"] == 2 and "steps" not in again.config
+    x = torch.rand(3, 1, 4, 4)
+    torch.testing.assert_close(again.log_prob(x), flow.eval().log_prob(x))
+
+
 # ---- 17: eval mode -----------------------------------------------------------------------------
 
 

@@ -204,14 +204,19 @@ def test_transformer_table_binds_each_transformers_own_options():
     n, tau = T.get_transformer("spline", bins=5, bound=2.0, log_scale_bound=1.0)
     assert n == 14 and tau.keywords == {"bins": 5, "bound": 2.0}
     assert T.get_transformer("affine", bins=5, log_scale_bound=1.0)[1].keywords == {"bound": 1.0}
-    assert T.Coupling(4, (8,), transformer="spline", bins=5).conditioner.out_features == 14 * 2
+    assert (
+        T.Coupling(4, hidden_dims=(8,), transformer="spline", bins=5).conditioner.out_features
+        == 14 * 2
+    )
 
 
 # ---- layers --------------------------------------------------------------------------------
 
 
 def test_one_dimensional_conditional_coupling_reads_the_context_only():
-    t = T.ConditionalCoupling(1, 2, (16,), transformer="spline", bins=4, bound=3.0)
+    t = T.ConditionalCoupling(
+        1, context_dim=2, hidden_dims=(16,), transformer="spline", bins=4, bound=3.0
+    )
     perturb(t)
     x = torch.linspace(-2, 2, 7).unsqueeze(-1)
     c1, c2 = torch.zeros(2), torch.ones(2)
@@ -228,7 +233,9 @@ def test_one_dimensional_conditional_coupling_reads_the_context_only():
 
 
 def test_checkerboard_spline_coupling_keeps_the_seen_pixels_exactly():
-    t = T.ImageCoupling((1, 4, 4), (8,), mask="checkerboard", transformer="spline", bound=2.0)
+    t = T.ImageCoupling(
+        (1, 4, 4), hidden_channels=(8,), mask="checkerboard", transformer="spline", bound=2.0
+    )
     perturb(t)
     x = torch.randn(5, 1, 4, 4)
     y = t(x)

@@ -159,7 +159,7 @@ def test_flows_fitted_on_two_moons_reach_test_nll_below_040(family):
 
     train, test = toy.two_moons(10_000, seed=0), toy.two_moons(20_000, seed=1)
     torch.manual_seed(0)
-    flow = getattr(pf, family)(2, 10, (128, 128))
+    flow = getattr(pf, family)(2, num_layers=10, hidden_dims=(128, 128))
     pf.fit(flow, train, steps=3000, batch_size=512, lr=1e-3, lr_schedule="cosine", seed=0,
            progress=False)  # fmt: skip
     flow.eval()

@@ -57,7 +57,7 @@ def bits_per_dim_loss(*, n_bits: int | None = None, levels: int | None = None):
     Example:
         >>> import pyroflows as pf
         >>> loss = bits_per_dim_loss(levels=17)
-        >>> flow = pf.Glow(shape=(1, 8, 8), levels=2, steps=1, hidden_channels=8)
+        >>> flow = pf.Glow(shape=(1, 8, 8), levels=2, steps_per_level=1, hidden_channels=8)
         >>> bool(loss(flow, torch.randint(0, 17, (4, 1, 8, 8)).float(), None) > 0)
         True
     """

@@ -208,7 +208,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
         >>> path = os.path.join(tempfile.mkdtemp(), "run.pt")
         >>> load_checkpoint(path) is None
         True
-        >>> _ = pf.fit(pf.MAF(2, 1, (8,)), torch.randn(50, 2), steps=3, checkpoint=path, progress=False)
+        >>> flow = pf.MAF(2, num_layers=1, hidden_dims=(8,))
+        >>> _ = pf.fit(flow, torch.randn(50, 2), steps=3, checkpoint=path, progress=False)
         >>> ckpt = load_checkpoint(path)
         >>> ckpt["step"], ckpt["kind"], len(ckpt["history"]["train_loss"])
         (3, 'fit', 3)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .defaults import default_hidden_dims
 from .mlp import with_context
 
 __all__ = ["MADE", "MaskedLinear"]
@@ -42,7 +43,8 @@ class MADE(nn.Module):
     Args:
         input_dim: number of autoregressive inputs :math:`D`.
         hidden_dims: sizes of the hidden layers (each at least ``input_dim - 1``, or
-            ``input_dim`` with a context, for full connectivity).
+            ``input_dim`` with a context, for full connectivity; default:
+            :func:`~pyroflows.nn.default_hidden_dims`).
         num_params: parameters per dimension (2 for an affine transformer).
         context_dim: size of the context vector (0: no context).
         order: a permutation of ``range(input_dim)`` giving the autoregressive order
@@ -70,13 +72,14 @@ class MADE(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         *,
         num_params: int = 2,
         context_dim: int = 0,
         order: Sequence[int] | None = None,
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
+        hidden_dims = default_hidden_dims(hidden_dims)
         super().__init__()
         if order is None:
             order = range(input_dim)

@@ -8,6 +8,8 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from .defaults import default_hidden_dims
+
 __all__ = ["MLP", "with_context"]
 
 
@@ -35,7 +37,8 @@ class MLP(nn.Sequential):
     Args:
         in_features: size of the input ``x``.
         out_features: size of the output.
-        hidden_dims: sizes of the hidden layers.
+        hidden_dims: sizes of the hidden layers (default:
+            :func:`~pyroflows.nn.default_hidden_dims`).
         context_dim: size of the context vector (0: no context).
         activation: activation *class*, instantiated once per layer.
         zero_init: zero-initialise the last layer.
@@ -52,13 +55,13 @@ class MLP(nn.Sequential):
         self,
         in_features: int,
         out_features: int,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.ReLU,
         zero_init: bool = True,
     ) -> None:
-        dims = [in_features + context_dim, *hidden_dims]
+        dims = [in_features + context_dim, *default_hidden_dims(hidden_dims)]
         layers: list[nn.Module] = []
         for a, b in pairwise(dims):
             layers += [nn.Linear(a, b), activation()]

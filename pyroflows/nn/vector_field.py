@@ -22,6 +22,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
+from .defaults import default_hidden_dims
 from .mlp import with_context
 
 __all__ = ["ConcatSquashLinear", "VectorField"]
@@ -90,7 +91,7 @@ class VectorField(nn.Module):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         *,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.SiLU,
@@ -99,7 +100,11 @@ class VectorField(nn.Module):
         super().__init__()
         if int(input_dim) < 1:
             raise ValueError(f"input_dim must be a positive integer; got {input_dim!r}.")
-        dims = [int(input_dim) + int(context_dim), *map(int, hidden_dims), int(input_dim)]
+        dims = [
+            int(input_dim) + int(context_dim),
+            *default_hidden_dims(hidden_dims),
+            int(input_dim),
+        ]
         self.layers = nn.ModuleList(ConcatSquashLinear(a, b) for a, b in pairwise(dims))
         self.activations = nn.ModuleList(activation() for _ in dims[2:])
         self.input_dim, self.context_dim = int(input_dim), int(context_dim)

@@ -55,7 +55,13 @@ from .multiscale import (
     glow_transforms,
     realnvp_image_transforms,
 )
-from .planar import ConditionalPlanar, Planar, conditional_planar, planar
+from .planar import (
+    ConditionalPlanarTransform,
+    PlanarTransform,
+    conditional_planar,
+    deprecated_name,
+    planar,
+)
 from .standardize import Standardize
 
 __all__ = [
@@ -68,7 +74,7 @@ __all__ = [
     "ConditionalFlowTransform",
     "ConditionalImageCoupling",
     "ConditionalMaskedAutoregressive",
-    "ConditionalPlanar",
+    "ConditionalPlanarTransform",
     "ConditionedTransform",
     "ContinuousFlow",
     "Coupling",
@@ -81,7 +87,7 @@ __all__ = [
     "NonFiniteError",
     "ODESolver",
     "Permute",
-    "Planar",
+    "PlanarTransform",
     "Reshape",
     "Reverse",
     "SolverError",
@@ -118,3 +124,7 @@ __all__ = [
     "spline_coupling",
     "validation",
 ]
+
+
+def __getattr__(name: str) -> type:  # Planar, ConditionalPlanar: renamed, with a warning
+    return deprecated_name(__name__, name)

@@ -73,8 +73,8 @@ class MaskedAutoregressive(FlowTransform):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
         *,
+        hidden_dims: Sequence[int] | None = None,
         fast: str = "density",
         transformer: str = "affine",
         order: Sequence[int] | None = None,
@@ -144,20 +144,19 @@ class ConditionalMaskedAutoregressive(ConditionalFlowTransform, MaskedAutoregres
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64), **kwargs
+        self,
+        input_dim: int,
+        *,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        **kwargs,
     ):
-        super().__init__(input_dim, hidden_dims, context_dim=context_dim, **kwargs)
-
-
-def _hidden(input_dim: int, hidden_dims: Sequence[int] | None) -> Sequence[int]:
-    return (10 * input_dim, 10 * input_dim) if hidden_dims is None else hidden_dims
+        super().__init__(input_dim, hidden_dims=hidden_dims, context_dim=context_dim, **kwargs)
 
 
 def maf(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> MaskedAutoregressive:
     """Masked autoregressive flow layer (fast density), Pyro-helper style."""
-    return MaskedAutoregressive(
-        input_dim, _hidden(input_dim, hidden_dims), fast="density", **kwargs
-    )
+    return MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, fast="density", **kwargs)
 
 
 def iaf(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> MaskedAutoregressive:
@@ -171,7 +170,7 @@ def iaf(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> M
         >>> d.log_prob(d.rsample((5,))).shape
         torch.Size([5])
     """
-    return MaskedAutoregressive(input_dim, _hidden(input_dim, hidden_dims), fast="sample", **kwargs)
+    return MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, fast="sample", **kwargs)
 
 
 def conditional_maf(
@@ -179,7 +178,7 @@ def conditional_maf(
 ) -> ConditionalMaskedAutoregressive:
     """Conditional MAF layer."""
     return ConditionalMaskedAutoregressive(
-        input_dim, context_dim, _hidden(input_dim, hidden_dims), fast="density", **kwargs
+        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, fast="density", **kwargs
     )
 
 
@@ -188,7 +187,7 @@ def conditional_iaf(
 ) -> ConditionalMaskedAutoregressive:
     """Conditional IAF layer."""
     return ConditionalMaskedAutoregressive(
-        input_dim, context_dim, _hidden(input_dim, hidden_dims), fast="sample", **kwargs
+        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, fast="sample", **kwargs
     )
 
 
@@ -211,7 +210,7 @@ def spline_autoregressive(
         torch.Size([5])
     """
     return MaskedAutoregressive(
-        input_dim, _hidden(input_dim, hidden_dims), fast=fast, transformer="spline", **kwargs
+        input_dim, hidden_dims=hidden_dims, fast=fast, transformer="spline", **kwargs
     )
 
 
@@ -233,8 +232,8 @@ def conditional_spline_autoregressive(
     """
     return ConditionalMaskedAutoregressive(
         input_dim,
-        context_dim,
-        _hidden(input_dim, hidden_dims),
+        context_dim=context_dim,
+        hidden_dims=hidden_dims,
         fast=fast,
         transformer="spline",
         **kwargs,

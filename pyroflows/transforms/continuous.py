@@ -108,8 +108,8 @@ class ContinuousFlow(FlowTransform):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
         *,
+        hidden_dims: Sequence[int] | None = None,
         context_dim: int = 0,
         activation: type[nn.Module] = nn.SiLU,
         vector_field: nn.Module | None = None,
@@ -372,15 +372,20 @@ class ConditionalContinuousFlow(ConditionalFlowTransform, ContinuousFlow):
     :math:`dz/dt = f(t, z, c)`; both directions cost one solve.
 
     Example:
-        >>> t = ConditionalContinuousFlow(2, 3, hidden_dims=(8,))
+        >>> t = ConditionalContinuousFlow(2, context_dim=3, hidden_dims=(8,))
         >>> t.condition(torch.randn(4, 3))(torch.randn(4, 2)).shape
         torch.Size([4, 2])
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64), **kwargs: Any
+        self,
+        input_dim: int,
+        *,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(input_dim, hidden_dims, context_dim=context_dim, **kwargs)
+        super().__init__(input_dim, hidden_dims=hidden_dims, context_dim=context_dim, **kwargs)
 
 
 def continuous_flow(
@@ -392,7 +397,7 @@ def continuous_flow(
         >>> continuous_flow(3).event_shape
         torch.Size([3])
     """
-    return ContinuousFlow(input_dim, (64, 64) if hidden_dims is None else hidden_dims, **kwargs)
+    return ContinuousFlow(input_dim, hidden_dims=hidden_dims, **kwargs)
 
 
 def conditional_continuous_flow(
@@ -405,5 +410,5 @@ def conditional_continuous_flow(
         2
     """
     return ConditionalContinuousFlow(
-        input_dim, context_dim, (64, 64) if hidden_dims is None else hidden_dims, **kwargs
+        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kwargs
     )

@@ -69,8 +69,8 @@ class Coupling(FlowTransform):
     def __init__(
         self,
         input_dim: int,
-        hidden_dims: Sequence[int] = (64, 64),
         *,
+        hidden_dims: Sequence[int] | None = None,
         transformer: str = "affine",
         swap: bool = False,
         split_dim: int | None = None,
@@ -166,13 +166,14 @@ class ConditionalCoupling(ConditionalFlowTransform, Coupling):
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64), **kwargs
+        self,
+        input_dim: int,
+        *,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        **kwargs,
     ):
-        super().__init__(input_dim, hidden_dims, context_dim=context_dim, **kwargs)
-
-
-def _hidden(input_dim: int, hidden_dims: Sequence[int] | None) -> Sequence[int]:
-    return (10 * input_dim, 10 * input_dim) if hidden_dims is None else hidden_dims
+        super().__init__(input_dim, hidden_dims=hidden_dims, context_dim=context_dim, **kwargs)
 
 
 def affine_coupling(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> Coupling:
@@ -183,14 +184,14 @@ def affine_coupling(input_dim: int, hidden_dims: Sequence[int] | None = None, **
         >>> len(iterated(3, affine_coupling, 4).parts)
         3
     """
-    return Coupling(input_dim, _hidden(input_dim, hidden_dims), transformer="affine", **kwargs)
+    return Coupling(input_dim, hidden_dims=hidden_dims, transformer="affine", **kwargs)
 
 
 def additive_coupling(
     input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs
 ) -> Coupling:
     """Additive coupling layer (NICE)."""
-    return Coupling(input_dim, _hidden(input_dim, hidden_dims), transformer="additive", **kwargs)
+    return Coupling(input_dim, hidden_dims=hidden_dims, transformer="additive", **kwargs)
 
 
 def conditional_affine_coupling(
@@ -198,7 +199,7 @@ def conditional_affine_coupling(
 ) -> ConditionalCoupling:
     """Conditional affine coupling layer."""
     return ConditionalCoupling(
-        input_dim, context_dim, _hidden(input_dim, hidden_dims), transformer="affine", **kwargs
+        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, transformer="affine", **kwargs
     )
 
 
@@ -207,11 +208,17 @@ def conditional_additive_coupling(
 ) -> ConditionalCoupling:
     """Conditional additive coupling layer."""
     return ConditionalCoupling(
-        input_dim, context_dim, _hidden(input_dim, hidden_dims), transformer="additive", **kwargs
+        input_dim,
+        context_dim=context_dim,
+        hidden_dims=hidden_dims,
+        transformer="additive",
+        **kwargs,
     )
 
 
-def spline_coupling(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> Coupling:
+def spline_coupling(
+    input_dim: int, *, hidden_dims: Sequence[int] | None = None, **kwargs
+) -> Coupling:
     """Rational-quadratic spline coupling layer (NSF [3]), Pyro-helper style; options ``bins``,
     ``bound``, ``swap``, ``split_dim``; works with ``iterated``.
 
@@ -223,7 +230,7 @@ def spline_coupling(input_dim: int, hidden_dims: Sequence[int] | None = None, **
         >>> d.log_prob(d.rsample((5,))).shape
         torch.Size([5])
     """
-    return Coupling(input_dim, _hidden(input_dim, hidden_dims), transformer="spline", **kwargs)
+    return Coupling(input_dim, hidden_dims=hidden_dims, transformer="spline", **kwargs)
 
 
 def conditional_spline_coupling(
@@ -237,5 +244,5 @@ def conditional_spline_coupling(
         torch.Size([4, 1])
     """
     return ConditionalCoupling(
-        input_dim, context_dim, _hidden(input_dim, hidden_dims), transformer="spline", **kwargs
+        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, transformer="spline", **kwargs
     )

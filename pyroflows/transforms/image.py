@@ -100,7 +100,7 @@ class _Reshuffle(FlowTransform):
     """A fixed rearrangement of an event's entries between ``base_shape`` and ``data_shape``;
     volume preserving (log-det 0), no parameters."""
 
-    def __init__(self, base_shape: Sequence[int], data_shape: Sequence[int]) -> None:
+    def __init__(self, base_shape: Sequence[int], *, data_shape: Sequence[int]) -> None:
         super().__init__(tuple(base_shape))
         self.output_shape = torch.Size(data_shape)
         if self.output_shape.numel() != self.event_shape.numel():
@@ -158,7 +158,7 @@ class Squeeze(_Reshuffle):
                 "crop or pad the images, or use fewer levels."
             )
         self.factor = int(factor)
-        super().__init__((c * factor * factor, h // factor, w // factor), (c, h, w))
+        super().__init__((c * factor * factor, h // factor, w // factor), data_shape=(c, h, w))
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
@@ -176,7 +176,7 @@ class Reshape(_Reshuffle):
     directions, log-det 0. Multi-scale flows end with one so that their base has the data's shape.
 
     Example:
-        >>> t = Reshape((1, 4, 4), (16, 1, 1))
+        >>> t = Reshape((1, 4, 4), data_shape=(16, 1, 1))
         >>> t(torch.zeros(3, 1, 4, 4)).shape, t.inv(torch.zeros(16, 1, 1)).shape
         (torch.Size([3, 16, 1, 1]), torch.Size([1, 4, 4]))
     """
@@ -220,15 +220,15 @@ class ImageCoupling(Coupling):
         >>> x = torch.randn(3, 2, 4, 4)
         >>> torch.equal(t(x), x)   # identity at initialisation
         True
-        >>> ImageCoupling((1, 4, 4), (8,), mask="checkerboard").inv(x[:, :1]).shape
+        >>> ImageCoupling((1, 4, 4), hidden_channels=(8,), mask="checkerboard").inv(x[:, :1]).shape
         torch.Size([3, 1, 4, 4])
     """
 
     def __init__(
         self,
         shape: Sequence[int],
-        hidden_channels: Sequence[int] = (64, 64),
         *,
+        hidden_channels: Sequence[int] = (64, 64),
         mask: str = "channel",
         transformer: str = "affine",
         swap: bool = False,
@@ -316,15 +316,16 @@ class ConditionalImageCoupling(ConditionalFlowTransform, ImageCoupling):
     def __init__(
         self,
         shape: Sequence[int],
+        *,
         context_dim: int,
         hidden_channels: Sequence[int] = (64, 64),
         **kwargs,
     ) -> None:
-        super().__init__(shape, hidden_channels, context_dim=context_dim, **kwargs)
+        super().__init__(shape, hidden_channels=hidden_channels, context_dim=context_dim, **kwargs)
 
 
 def image_coupling(
-    shape: Sequence[int], hidden_channels: Sequence[int] | None = None, **kwargs
+    shape: Sequence[int], *, hidden_channels: Sequence[int] | None = None, **kwargs
 ) -> ImageCoupling:
     """Image coupling layer, Pyro-helper style (default 64 hidden channels, two layers).
 
@@ -332,11 +333,16 @@ def image_coupling(
         >>> image_coupling((2, 4, 4), mask="checkerboard").mask
         'checkerboard'
     """
-    return ImageCoupling(shape, (64, 64) if hidden_channels is None else hidden_channels, **kwargs)
+    hidden = (64, 64) if hidden_channels is None else hidden_channels
+    return ImageCoupling(shape, hidden_channels=hidden, **kwargs)
 
 
 def conditional_image_coupling(
-    shape: Sequence[int], context_dim: int, hidden_channels: Sequence[int] | None = None, **kwargs
+    shape: Sequence[int],
+    context_dim: int,
+    *,
+    hidden_channels: Sequence[int] | None = None,
+    **kwargs,
 ) -> ConditionalImageCoupling:
     """Conditional image coupling layer, Pyro-helper style.
 
@@ -346,4 +352,6 @@ def conditional_image_coupling(
         torch.Size([2, 4, 4])
     """
     hidden = (64, 64) if hidden_channels is None else hidden_channels
-    return ConditionalImageCoupling(shape, context_dim, hidden, **kwargs)
+    return ConditionalImageCoupling(
+        shape, context_dim=context_dim, hidden_channels=hidden, **kwargs
+    )

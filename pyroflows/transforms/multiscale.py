@@ -39,7 +39,8 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -74,14 +75,14 @@ class ChannelSlice(FlowTransform):
 
     Example:
         >>> from pyroflows.transforms import ActNorm
-        >>> t = ChannelSlice((4, 2, 2), 2, [ActNorm(2, event_shape=(2, 2, 2))])
+        >>> t = ChannelSlice((4, 2, 2), start=2, transforms=[ActNorm(2, event_shape=(2, 2, 2))])
         >>> x = torch.randn(3, 4, 2, 2)
         >>> torch.equal(t.inv(x)[:, :2], x[:, :2])
         True
     """
 
     def __init__(
-        self, shape: Sequence[int], start: int, transforms: Sequence[FlowTransform]
+        self, shape: Sequence[int], *, start: int, transforms: Sequence[FlowTransform]
     ) -> None:
         c, h, w = image_shape(shape)
         if not 0 <= int(start) < c:
@@ -136,8 +137,8 @@ class ConditionalChannelSlice(ConditionalFlowTransform, ChannelSlice):
     """:class:`ChannelSlice` whose inner transforms take a context.
 
     Example:
-        >>> inner = ConditionalImageCoupling((2, 2, 2), 3, (8,))
-        >>> t = ConditionalChannelSlice((4, 2, 2), 2, [inner])
+        >>> inner = ConditionalImageCoupling((2, 2, 2), context_dim=3, hidden_channels=(8,))
+        >>> t = ConditionalChannelSlice((4, 2, 2), start=2, transforms=[inner])
         >>> t.condition(torch.randn(3))(torch.randn(4, 2, 2)).shape
         torch.Size([4, 2, 2])
     """
@@ -188,7 +189,7 @@ class _MultiScale:
 
     def coupling(self, **kw) -> FlowTransform:
         if self.context_dim:
-            return ConditionalImageCoupling(self.part, self.context_dim, **kw)
+            return ConditionalImageCoupling(self.part, context_dim=self.context_dim, **kw)
         return ImageCoupling(self.part, **kw)
 
     def add(self, *ts: FlowTransform) -> None:
@@ -201,7 +202,7 @@ class _MultiScale:
             self.done.extend(self.pending)
         else:
             cls = ConditionalChannelSlice if self.context_dim else ChannelSlice
-            self.done.append(cls(self.full, self.start, self.pending[::-1]))
+            self.done.append(cls(self.full, start=self.start, transforms=self.pending[::-1]))
         self.pending = []
 
     def squeeze(self) -> None:
@@ -224,13 +225,17 @@ class _MultiScale:
     def finish(self) -> list[FlowTransform]:
         self.flush()
         if self.full != self.shape:
-            self.done.append(Reshape(self.shape, self.full))
+            self.done.append(Reshape(self.shape, data_shape=self.full))
         return self.done[::-1]
 
 
-def _check_levels(shape: tuple[int, int, int], levels: int, squeezes: int, steps: int) -> None:
-    if int(levels) < 1 or int(steps) < 1:
-        raise ValueError(f"levels and steps must be at least 1; got {levels}, {steps}")
+def _check_levels(
+    shape: tuple[int, int, int], levels: int, squeezes: int, steps_per_level: int
+) -> None:
+    if int(levels) < 1 or int(steps_per_level) < 1:
+        raise ValueError(
+            f"levels and steps_per_level must be at least 1; got {levels}, {steps_per_level}"
+        )
     _, h, w = shape
     f = 2**squeezes
     if h % f or w % f:
@@ -240,11 +245,46 @@ def _check_levels(shape: tuple[int, int, int], levels: int, squeezes: int, steps
         )
 
 
+def _multiscale(
+    shape: Sequence[int],
+    level: Callable[[_MultiScale, dict[str, Any], bool], None],
+    *,
+    levels: int,
+    squeezes: int,
+    steps_per_level: int,
+    hidden_channels: int | Sequence[int],
+    coupling: str,
+    learned_prior: bool,
+    context_dim: int,
+    activation: type[nn.Module],
+    log_scale_bound: float | None,
+    logit: float | None,
+) -> list[FlowTransform]:
+    """The skeleton RealNVP and Glow share: check the shape, then for each level run
+    ``level(m, coupling_options, last)`` (which adds that level's steps, squeezing as it
+    needs) and factor out half of the channels after every level but the last."""
+    shape = image_shape(shape)
+    _check_levels(shape, levels, squeezes, steps_per_level)
+    m = _MultiScale(shape, context_dim, logit)
+    kw: dict[str, Any] = dict(
+        hidden_channels=hidden_tuple(hidden_channels),
+        transformer=coupling,
+        activation=activation,
+        log_scale_bound=log_scale_bound,
+    )
+    for i in range(int(levels)):
+        last = i == int(levels) - 1
+        level(m, kw, last)
+        if not last:
+            m.factor_out(learned_prior)
+    return m.finish()
+
+
 def glow_transforms(
     shape: Sequence[int],
     *,
     levels: int = 2,
-    steps: int = 4,
+    steps_per_level: int = 4,
     hidden_channels: int | Sequence[int] = 64,
     coupling: str = "affine",
     learned_prior: bool = True,
@@ -255,14 +295,14 @@ def glow_transforms(
 ) -> list[FlowTransform]:
     """Glow's multi-scale architecture [2], transforms listed base -> data.
 
-    Each of the ``levels`` levels is (data -> base): squeeze, ``steps`` x (ActNorm, invertible
+    Each of the ``levels`` levels is (data -> base): squeeze, ``steps_per_level`` x (ActNorm, invertible
     1x1 convolution, channel coupling), then, except at the last level, factor out half of the
     channels under a learned prior (see the module docstring).
 
     Args:
         shape: image shape ``(C, H, W)``; ``H`` and ``W`` divisible by ``2 ** levels``.
         levels: number of scales ``L``.
-        steps: flow steps per level ``K``.
+        steps_per_level: flow steps per level ``K``.
         hidden_channels: hidden channels of each coupling's conv net (an int ``h`` means
             ``(h, h)``).
         coupling: ``"affine"`` or ``"additive"``.
@@ -276,35 +316,41 @@ def glow_transforms(
             ``docs/benchmarks.md``).
 
     Example:
-        >>> ts = glow_transforms((1, 4, 4), levels=2, steps=1, hidden_channels=8, logit=None)
+        >>> ts = glow_transforms(
+        ...     (1, 4, 4), levels=2, steps_per_level=1, hidden_channels=8, logit=None
+        ... )
         >>> [type(t).__name__ for t in ts]   # base -> data
         ['Reshape', 'ChannelSlice', 'Squeeze', 'ImageCoupling', 'ImageCoupling', 'LULinear', 'ActNorm', 'Squeeze']
     """
-    shape = image_shape(shape)
-    _check_levels(shape, levels, levels, steps)
-    m = _MultiScale(shape, context_dim, logit)
-    kw = dict(
-        hidden_channels=hidden_tuple(hidden_channels),
-        transformer=coupling,
-        activation=activation,
-        log_scale_bound=log_scale_bound,
-    )
-    for level in range(int(levels)):
+
+    def level(m: _MultiScale, kw: dict[str, Any], last: bool) -> None:
         m.squeeze()
-        for k in range(int(steps)):
+        for k in range(int(steps_per_level)):
             c = m.part[0]
             m.add(ActNorm(c, event_shape=m.part), LULinear(c, event_shape=m.part))
             m.add(m.coupling(mask="channel", swap=k % 2 == 1, **kw))
-        if level < levels - 1:
-            m.factor_out(learned_prior)
-    return m.finish()
+
+    return _multiscale(
+        shape,
+        level,
+        levels=levels,
+        squeezes=levels,
+        steps_per_level=steps_per_level,
+        hidden_channels=hidden_channels,
+        coupling=coupling,
+        learned_prior=learned_prior,
+        context_dim=context_dim,
+        activation=activation,
+        log_scale_bound=log_scale_bound,
+        logit=logit,
+    )
 
 
 def realnvp_image_transforms(
     shape: Sequence[int],
     *,
     levels: int = 2,
-    steps: int = 3,
+    steps_per_level: int = 3,
     hidden_channels: int | Sequence[int] = 64,
     coupling: str = "affine",
     actnorm: bool = True,
@@ -316,15 +362,15 @@ def realnvp_image_transforms(
 ) -> list[FlowTransform]:
     """RealNVP's multi-scale architecture [1], transforms listed base -> data.
 
-    Each level but the last is (data -> base): ``steps`` checkerboard couplings, squeeze,
-    ``steps`` channel couplings, factor out half of the channels; the last level is
-    ``steps + 1`` checkerboard couplings (3, 3 and 4 in the paper). Masks alternate. With
+    Each level but the last is (data -> base): ``steps_per_level`` checkerboard couplings,
+    squeeze, ``steps_per_level`` channel couplings, factor out half of the channels; the last
+    level is ``steps_per_level + 1`` checkerboard couplings (3, 3 and 4 in the paper). Masks alternate. With
     ``actnorm=True`` an ActNorm follows every coupling (in place of the paper's batch norm).
 
     Args:
         shape: image shape ``(C, H, W)``; ``H`` and ``W`` divisible by ``2 ** (levels - 1)``.
         levels: number of scales.
-        steps: couplings per mask type per level.
+        steps_per_level: couplings per mask type per level.
         hidden_channels: hidden channels of each coupling's conv net (an int ``h`` means
             ``(h, h)``).
         coupling: ``"affine"`` or ``"additive"``.
@@ -337,32 +383,36 @@ def realnvp_image_transforms(
         logit: ``alpha`` of the logit pre-transform at the data end (``None``: none).
 
     Example:
-        >>> ts = realnvp_image_transforms((1, 4, 4), levels=1, steps=1, hidden_channels=8)
+        >>> ts = realnvp_image_transforms((1, 4, 4), levels=1, steps_per_level=1, hidden_channels=8)
         >>> [t.mask for t in ts if hasattr(t, "mask")], type(ts[-1]).__name__
         (['checkerboard', 'checkerboard'], 'Logit')
     """
-    shape = image_shape(shape)
-    _check_levels(shape, levels, levels - 1, steps)
-    m = _MultiScale(shape, context_dim, logit)
-    kw = dict(
-        hidden_channels=hidden_tuple(hidden_channels),
-        transformer=coupling,
-        activation=activation,
-        log_scale_bound=log_scale_bound,
-    )
 
-    def couplings(mask: str, n: int) -> None:
+    def couplings(m: _MultiScale, kw: dict[str, Any], mask: str, n: int) -> None:
         for k in range(n):
             m.add(m.coupling(mask=mask, swap=k % 2 == 1, **kw))
             if actnorm:
                 m.add(ActNorm(m.part[0], event_shape=m.part))
 
-    for level in range(int(levels)):
-        if level == levels - 1:
-            couplings("checkerboard", int(steps) + 1)
-            break
-        couplings("checkerboard", int(steps))
+    def level(m: _MultiScale, kw: dict[str, Any], last: bool) -> None:
+        if last:
+            couplings(m, kw, "checkerboard", int(steps_per_level) + 1)
+            return
+        couplings(m, kw, "checkerboard", int(steps_per_level))
         m.squeeze()
-        couplings("channel", int(steps))
-        m.factor_out(learned_prior)
-    return m.finish()
+        couplings(m, kw, "channel", int(steps_per_level))
+
+    return _multiscale(
+        shape,
+        level,
+        levels=levels,
+        squeezes=levels - 1,
+        steps_per_level=steps_per_level,
+        hidden_channels=hidden_channels,
+        coupling=coupling,
+        learned_prior=learned_prior,
+        context_dim=context_dim,
+        activation=activation,
+        log_scale_bound=log_scale_bound,
+        logit=logit,
+    )

@@ -27,11 +27,15 @@ from torch import Tensor, nn
 from ..nn import MLP
 from .base import ConditionalFlowTransform, FlowTransform
 
-__all__ = ["ConditionalPlanar", "Planar", "conditional_planar", "planar"]
+__all__ = ["ConditionalPlanarTransform", "PlanarTransform", "conditional_planar", "planar"]
+
+#: names used before 0.2 (``pf.Planar`` is the flow; these are its layers) -> current names.
+DEPRECATED_NAMES = {"Planar": "PlanarTransform", "ConditionalPlanar": "ConditionalPlanarTransform"}
 
 
-class Planar(FlowTransform):
-    r"""Planar transform; fast sampling, iterative (but exact) density direction.
+class PlanarTransform(FlowTransform):
+    r"""Planar transform, a layer of the :class:`~pyroflows.Planar` flow (Pyro's ``Planar``; here
+    that name is the flow); fast sampling, iterative (but exact) density direction.
 
     Args:
         input_dim: dimension :math:`D`.
@@ -41,7 +45,7 @@ class Planar(FlowTransform):
         max_iter: Newton iterations for the inverse.
 
     Example:
-        >>> _ = torch.manual_seed(0); t = Planar(2)
+        >>> _ = torch.manual_seed(0); t = PlanarTransform(2)
         >>> x = torch.randn(5, 2)
         >>> t.clear_cache(); torch.allclose(t.inv(t(x)), x, atol=1e-5)
         True
@@ -52,7 +56,7 @@ class Planar(FlowTransform):
         input_dim: int,
         *,
         context_dim: int = 0,
-        hidden_dims: Sequence[int] = (64, 64),
+        hidden_dims: Sequence[int] | None = None,
         max_iter: int = 100,
     ) -> None:
         super().__init__((input_dim,), context_dim=context_dim)
@@ -122,30 +126,53 @@ class Planar(FlowTransform):
         return x, self._log_det(alpha + b, c)
 
 
-class ConditionalPlanar(ConditionalFlowTransform, Planar):
-    """Conditional :class:`Planar`: :math:`(u, w, b)` come from a hypernetwork on the context.
+class ConditionalPlanarTransform(ConditionalFlowTransform, PlanarTransform):
+    """Conditional :class:`PlanarTransform`: :math:`(u, w, b)` come from a hypernetwork on the context.
 
     Example:
-        >>> t = ConditionalPlanar(2, context_dim=3, hidden_dims=(8,))
+        >>> t = ConditionalPlanarTransform(2, context_dim=3, hidden_dims=(8,))
         >>> t.condition(torch.randn(4, 3))(torch.randn(4, 2)).shape
         torch.Size([4, 2])
     """
 
     def __init__(
-        self, input_dim: int, context_dim: int, hidden_dims: Sequence[int] = (64, 64), **kwargs
+        self,
+        input_dim: int,
+        *,
+        context_dim: int,
+        hidden_dims: Sequence[int] | None = None,
+        **kwargs,
     ):
         super().__init__(input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kwargs)
 
 
-def planar(input_dim: int) -> Planar:
+def planar(input_dim: int) -> PlanarTransform:
     """Planar layer, Pyro-helper style."""
-    return Planar(input_dim)
+    return PlanarTransform(input_dim)
 
 
 def conditional_planar(
     input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None
-) -> ConditionalPlanar:
+) -> ConditionalPlanarTransform:
     """Conditional planar layer."""
-    return ConditionalPlanar(
-        input_dim, context_dim, (10 * context_dim,) * 2 if hidden_dims is None else hidden_dims
+    return ConditionalPlanarTransform(input_dim, context_dim=context_dim, hidden_dims=hidden_dims)
+
+
+def __getattr__(name: str) -> type:
+    return deprecated_name(__name__, name)
+
+
+def deprecated_name(module: str, name: str) -> type:
+    """The class an old name stands for, with a ``DeprecationWarning`` naming the new one."""
+    import warnings
+
+    if name not in DEPRECATED_NAMES:
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    new = DEPRECATED_NAMES[name]
+    warnings.warn(
+        f"pyroflows.transforms.{name} is now pyroflows.transforms.{new} (pf.Planar is the flow "
+        "made of these layers); the old name will be removed in pyroflows 0.2.",
+        DeprecationWarning,
+        stacklevel=3,
     )
+    return globals()[new]
