@@ -1,7 +1,7 @@
 """Out-of-distribution detection: AUROC, AUPR and TPR at 5 % FPR of every OODDetector method.
 
 Image case: scikit-learn's 8x8 digits (17 levels). A multi-scale Glow
-(``Glow(shape=(1, 8, 8), levels=2, steps=3, hidden_channels=32)``) is trained on classes 0-4
+(``Glow(shape=(1, 8, 8), levels=2, steps_per_level=3, hidden_channels=32)``) is trained on classes 0-4
 (70 % of their images; 10 % are the detector's reference set, the last 20 % the in-distribution
 test set) with the bits/dim objective. OOD sets:
 
@@ -108,7 +108,7 @@ def gaussian_mixture(n: int, shift: float, generator: torch.Generator) -> Tensor
 
 def run_digits(args) -> tuple[pf.diagnostics.OODReport, float]:
     sets = digit_sets(args.seed)
-    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps=3, hidden_channels=32)
+    flow = pf.Glow(shape=(1, 8, 8), levels=2, steps_per_level=3, hidden_channels=32)
     common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
     objective = pf.bits_per_dim_loss(levels=K)
     t0 = time.perf_counter()

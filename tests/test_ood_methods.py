@@ -203,7 +203,7 @@ def test_perturbed_background_of_an_image_flow_uses_the_bits_objective(monkeypat
 
     calls = []
     monkeypatch.setattr(pyroflows.infer, "fit", lambda flow, data, **kw: calls.append((data, kw)))
-    flow = pf.Glow(shape=(1, 4, 4), levels=1, steps=1, hidden_channels=4)
+    flow = pf.Glow(shape=(1, 4, 4), levels=1, steps_per_level=1, hidden_channels=4)
     train = torch.randint(0, 5, (40, 1, 4, 4))
     det = OODDetector(
         flow, train[:20], levels=5, background="perturbed", train_data=train, mutation_rate=0.25

@@ -84,6 +84,7 @@ class AutoFlow(AutoContinuous):
     Example:
         >>> import pyro, pyro.distributions as dist, pyroflows as pf
         >>> from pyro.infer import SVI, Trace_ELBO
+        >>> pyro.clear_param_store()  # as with any Pyro guide: no stale values of the same names
         >>> def model():
         ...     a = pyro.sample("a", dist.Normal(0.0, 1.0))
         ...     pyro.sample("b", dist.LogNormal(a, 0.5))
