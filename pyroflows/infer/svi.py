@@ -348,7 +348,7 @@ def fit_svi(
     guide: Callable,
     *args: Any,
     steps: int = 1000,
-    lr: float = 1e-2,
+    lr: float = 3e-3,
     num_particles: int = 1,
     loss: str | ELBO = "elbo",
     anneal: int = 0,
