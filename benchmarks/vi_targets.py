@@ -23,7 +23,7 @@ defaults; ``AutoFlow:key=value:...`` sets options, which is how the defaults swe
 
 Usage::
 
-    .venv/bin/python benchmarks/vi_targets.py --quick     # 2 targets, 1 seed, 300 steps
+    .venv/bin/python benchmarks/vi_targets.py --quick     # 2 targets, 3 guides, 200 steps
     .venv/bin/python benchmarks/vi_targets.py             # the full table (see docs/benchmarks.md)
     .venv/bin/python benchmarks/vi_targets.py --targets U2 funnel10 --seeds 0 1 2 \\
         --guides AutoFlow AutoFlow:lr=3e-3 AutoFlow:init_scale=1 AutoIAFNormal
@@ -218,19 +218,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     default_guides = [*PYRO_GUIDES, "AutoFlow"] + [
         f"AutoFlow:flow={f}" for f in available_families() if f != "IAF"
     ]
-    p.add_argument("--guides", nargs="+", default=default_guides)
-    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--guides", nargs="+", default=None, help=f"default: {default_guides}")
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=None, help="fit_svi's lr (default: its default)")
     p.add_argument("--loss", default=None, help="fit_svi's loss (default: its default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--draws", type=int, default=10000, help="guide draws for ELBO and k-hat")
-    p.add_argument("--moment-draws", type=int, default=4000)
+    p.add_argument("--draws", type=int, default=5000, help="guide draws for ELBO and k-hat")
+    p.add_argument("--moment-draws", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="U2 and eight schools, 1 seed, 300 steps")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: U2 and eight schools, AutoFlow, AutoMultivariateNormal and "
+        "AutoIAFNormal, 1 seed, 200 steps",
+    )
     args = p.parse_args(argv)
     if args.quick:
-        args.targets, args.seeds, args.steps, args.draws = ["U2", "eight_schools"], [0], 300, 2000
+        args.targets, args.seeds, args.steps, args.draws = ["U2", "eight_schools"], [0], 200, 2000
         args.moment_draws = 1000
+        args.guides = args.guides or ["AutoFlow", "AutoMultivariateNormal", "AutoIAFNormal"]
+    args.guides = args.guides or default_guides
     return args
 
 
