@@ -1,174 +1,258 @@
-"""Variational inference on targets with known answers: how close do flow guides get?
+"""Variational guides on targets with known answers: pf.AutoFlow against Pyro's own guides.
 
-* **U1** (Rezende & Mohamed 2015, two lobes on a ring; ``log Z = 1.877502``): every seed family
-  as an :class:`pyroflows.AutoFlow`, with and without annealing (the model's log-density
-  tempered by beta rising from 0.01 to 1 over the first ``--anneal`` steps), and Pyro's own
-  ``AutoIAFNormal`` for reference. Reported: ``KL(q || p) = log Z - ELBO`` (the ELBO estimated
-  from ``--draws`` guide draws), the PSIS k-hat of the same draws, and the training time.
-* **Funnel** (Neal, 10-D, normalised so ``KL = -ELBO``): AutoFlow (IAF) against Pyro's
-  ``AutoNormal``: ELBO and k-hat.
-* **Eight schools** (non-centred): AutoFlow (IAF) posterior means of ``mu`` and ``tau`` against
-  the reference (4.41 / 3.31, 3.60 / 3.20), in reference standard deviations, and k-hat.
+Every guide is fitted by the same loop, ``pf.fit_svi(model, guide, steps=N, lr=..., loss=...,
+seed=s)``, at equal steps, loss and learning rate, on the targets of
+``pyroflows.datasets.VI_TARGETS`` (each with a known ``log Z`` or reference moments, and a
+stated source). Reported per (target, guide), median over seeds (each seed's value listed):
 
-Every run uses ``pf.fit_svi`` (Adam, cosine learning-rate decay, vectorised particles) with one
-seed per configuration, so differences of a few hundredths of a nat are within seed noise.
-Training times are wall-clock on a shared machine (one torch thread): indicative only.
+* ``KL``: ``KL(q || p) = log Z - ELBO``, the ELBO from ``--draws`` guide draws (targets with a
+  known ``log Z``);
+* ``err``: the largest |posterior mean - reference mean| / reference sd over every referenced
+  scalar (targets with reference moments, e.g. eight schools), from the same draws;
+* ``k-hat``: PSIS k-hat of those draws (``pf.psis_diagnostic``);
+* ``ms/step``: training wall time per step (one torch thread, a shared machine: indicative).
+
+Guides (``--guides``): ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRankMultivariateNormal``,
+``AutoIAFNormal`` (5 IAF layers, Pyro's default net of one hidden layer of 3D+1 units),
+``AutoNFSpline`` (Pyro's ``AutoNormalizingFlow`` with 2 ``spline_coupling`` layers), and
+``AutoFlow`` with every family in :data:`FAMILIES` that this pyroflows has (``IAF``, ``MAF``,
+``RealNVP``, ``NSF`` once it lands): ``AutoFlow`` alone is ``pf.AutoFlow(model)`` at its
+defaults; ``AutoFlow:key=value:...`` sets options, which is how the defaults sweep runs: keys
+``flow`` (a family), ``init_scale``, ``layers``, ``hidden`` (``64``, ``64x64`` or ``3D+1``),
+``lr`` and ``loss`` (fit_svi's, for this guide only).
 
 Usage::
 
-    .venv/bin/python benchmarks/vi_targets.py                   # everything (~30 min on 1 core)
-    .venv/bin/python benchmarks/vi_targets.py --quick           # smoke run (~1 minute)
-    .venv/bin/python benchmarks/vi_targets.py --targets u1 --families IAF Planar
+    .venv/bin/python benchmarks/vi_targets.py --quick     # 2 targets, 3 guides, 200 steps
+    .venv/bin/python benchmarks/vi_targets.py             # the full table (see docs/benchmarks.md)
+    .venv/bin/python benchmarks/vi_targets.py --targets U2 funnel10 --seeds 0 1 2 \\
+        --guides AutoFlow AutoFlow:lr=3e-3 AutoFlow:init_scale=1 AutoIAFNormal
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
+import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import pyro
+import torch
+from pyro.infer import autoguide as ag
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pyroflows as pf
 from benchmarks.common import environment, markdown_table, set_threads
-from pyroflows.datasets import eight_schools, energy_target, funnel
+from pyroflows.datasets import VI_TARGETS, VITarget
 
-FAMILIES = ("IAF", "MAF", "RealNVP", "NICE", "Glow", "Planar")
-PYRO_IAF = "pyro AutoIAFNormal"
+#: AutoFlow families the benchmark runs when this pyroflows has them (NSF: skipped if missing).
+FAMILIES = ("IAF", "MAF", "RealNVP", "NSF")
+PYRO_GUIDES = (
+    "AutoNormal",
+    "AutoMultivariateNormal",
+    "AutoLowRankMultivariateNormal",
+    "AutoIAFNormal",
+    "AutoNFSpline",
+)
+DEFAULT_TARGETS = (
+    "U2",
+    "funnel10",
+    "eight_schools",
+    "gauss_correlated10",
+    "gauss_scaled10",
+    "mixture5",
+    "constrained",
+    "logreg",
+    "hier300",
+)
 
 
-def flow_kwargs(family: str, hidden: int) -> dict:
-    """The architecture of each family: 5 layers of (hidden, hidden) nets; Planar-32."""
-    if family == "Planar":
-        return {"num_layers": 32}
-    return {"num_layers": 5, "hidden_dims": (hidden, hidden)}
+def available_families() -> list[str]:
+    return [f for f in FAMILIES if hasattr(pf, f)]
 
 
-def make_guide(name: str, model: Callable, hidden: int) -> Callable:
-    if name == PYRO_IAF:
-        return pyro.infer.autoguide.AutoIAFNormal(
-            model, hidden_dim=[hidden, hidden], num_transforms=5
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"AutoFlow:lr=3e-3:flow=MAF"`` -> ``("AutoFlow", {"lr": "3e-3", "flow": "MAF"})``."""
+    name, *opts = spec.split(":")
+    options = {}
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if not sep:
+            raise SystemExit(f"guide option {opt!r} of {spec!r} is not key=value")
+        options[key] = value
+    return name, options
+
+
+def _hidden(text: str, dim: int) -> tuple[int, ...]:
+    if text.endswith("D+1"):
+        return (int(text[:-3] or 1) * dim + 1,)
+    return tuple(int(h) for h in text.split("x"))
+
+
+def make_guide(spec: str, target: VITarget) -> tuple[Callable, dict]:
+    """The guide of ``spec`` for ``target`` and the fit_svi options it overrides."""
+    name, opts = parse_spec(spec)
+    model, dim = target.model, target.latent_dim
+    fit = {
+        k: (float(opts.pop(k)) if k == "lr" else opts.pop(k)) for k in ("lr", "loss") if k in opts
+    }
+    if name == "AutoNormal":
+        return ag.AutoNormal(model), fit
+    if name == "AutoMultivariateNormal":
+        return ag.AutoMultivariateNormal(model), fit
+    if name == "AutoLowRankMultivariateNormal":
+        return ag.AutoLowRankMultivariateNormal(model), fit
+    if name == "AutoIAFNormal":
+        return ag.AutoIAFNormal(model, num_transforms=5), fit
+    if name == "AutoNFSpline":
+        spline = functools.partial(
+            pyro.distributions.transforms.iterated, 2, pyro.distributions.transforms.spline_coupling
         )
-    return pf.AutoFlow(model, getattr(pf, name), init_scale=1.0, **flow_kwargs(name, hidden))
+        return ag.AutoNormalizingFlow(model, spline), fit
+    if name != "AutoFlow":
+        raise SystemExit(f"unknown guide {name!r}")
+    kwargs: dict = {}
+    if "flow" in opts:
+        kwargs["flow"] = getattr(pf, opts.pop("flow"))
+    if "init_scale" in opts:
+        kwargs["init_scale"] = float(opts.pop("init_scale"))
+    if "layers" in opts:
+        kwargs["num_layers"] = int(opts.pop("layers"))
+    if "hidden" in opts:
+        kwargs["hidden_dims"] = _hidden(opts.pop("hidden"), dim)
+    if opts:
+        raise SystemExit(f"unknown AutoFlow options {sorted(opts)} in {spec!r}")
+    return pf.AutoFlow(model, **kwargs), fit
 
 
-def train(model: Callable, guide: Callable, args: argparse.Namespace, anneal: int) -> float:
-    """Fit with fit_svi; return the wall-clock seconds."""
-    start = time.perf_counter()
-    pf.fit_svi(
-        model,
-        guide,
-        steps=args.steps,
-        lr=args.lr,
-        num_particles=args.particles,
-        anneal=anneal,
-        lr_schedule="cosine",
-        seed=args.seed,
-        progress=False,
-    )
-    return time.perf_counter() - start
-
-
-def run_u1(args: argparse.Namespace) -> str:
-    target = energy_target("U1")
-    rows = []
-    names = list(args.families) + ([PYRO_IAF] if args.pyro else [])
-    for name in names:
-        for anneal in (0, args.anneal):
-            pyro.clear_param_store()
-            pyro.set_rng_seed(args.seed)
-            guide = make_guide(name, target.model, args.hidden)
-            seconds = train(target.model, guide, args, anneal)
-            d = pf.psis_diagnostic(target.model, guide, num_samples=args.draws)
-            kl = target.log_z - d.elbo
-            row = [name, anneal or "no", f"{kl:.3f}", f"{d.k_hat:.2f}", f"{d.ess:.0f}"]
-            row += [f"{seconds:.0f}", f"{1e3 * seconds / args.steps:.1f}"]
-            print("u1", row, flush=True)
-            rows.append(row)
-    headers = ["guide", "anneal steps", "KL (nats)", "k-hat", "ESS", "train s", "ms/step"]
-    return markdown_table(headers, rows)
-
-
-def run_funnel(args: argparse.Namespace) -> str:
-    target = funnel(10)
-    rows = []
-    for name in ("AutoNormal", "IAF"):
-        pyro.clear_param_store()
-        pyro.set_rng_seed(args.seed)
-        if name == "AutoNormal":
-            guide = pyro.infer.autoguide.AutoNormal(target.model)
-        else:
-            guide = pf.AutoFlow(
-                target.model, pf.IAF, init_scale=1.0, num_layers=4, hidden_dims=(64, 64)
-            )
-        seconds = train(target.model, guide, args, 0)
-        d = pf.psis_diagnostic(target.model, guide, num_samples=args.draws)
-        row = [name, f"{d.elbo:.3f}", f"{-d.elbo:.3f}", f"{d.k_hat:.2f}", f"{seconds:.0f}"]
-        print("funnel", row, flush=True)
-        rows.append(row)
-    return markdown_table(["guide", "ELBO", "KL (nats)", "k-hat", "train s"], rows)
-
-
-def run_schools(args: argparse.Namespace) -> str:
-    target = eight_schools()
-    pyro.clear_param_store()
-    pyro.set_rng_seed(args.seed)
-    guide = pf.AutoFlow(target.model, pf.IAF, num_layers=4, hidden_dims=(32, 32))
-    seconds = train(target.model, guide, args, 0)
-    idata = pf.to_inference_data(target.model, guide, num_samples=args.draws)
-    rows = []
+def _moment_error(target: VITarget, guide: Callable, draws: int) -> float:
+    """Largest |mean - reference mean| / reference sd over the referenced scalars."""
+    pred = pyro.infer.Predictive(target.model, guide=guide, num_samples=draws, parallel=False)
+    with torch.no_grad():
+        samples = pred()
+    worst = 0.0
     for site, (mean, sd) in target.reference.items():
-        est = idata.posterior[site]
-        m, s = float(est.mean()), float(est.std())
-        rows.append(
-            [site, f"{m:.2f}", f"{s:.2f}", f"{mean:.2f} / {sd:.2f}", f"{(m - mean) / sd:+.3f}"]
+        est = samples[site].double().reshape(draws, -1).mean(0)
+        m = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+        s = torch.as_tensor(sd, dtype=torch.float64).reshape(-1)
+        worst = max(worst, float(((est - m).abs() / s).max()))
+    return worst
+
+
+def run_one(target: VITarget, spec: str, seed: int, args: argparse.Namespace) -> dict:
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    guide, fit = make_guide(spec, target)
+    opts = {"lr": args.lr, "loss": args.loss} if args.lr is not None else {"loss": args.loss}
+    if args.loss is None:
+        opts.pop("loss")
+    opts.update(fit)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        history = pf.fit_svi(
+            target.model,
+            guide,
+            steps=args.steps,
+            seed=seed,
+            progress=False,
+            final_check=False,
+            **opts,
         )
-    k = idata.posterior.attrs["psis_k_hat"]
-    print("schools", rows, f"k-hat {k:.2f}", flush=True)
-    table = markdown_table(["site", "mean", "sd", "reference mean / sd", "error (ref. sd)"], rows)
-    return table + f"\n\nPSIS k-hat {k:.2f}; training {seconds:.0f} s."
+        seconds = time.perf_counter() - start
+        pyro.set_rng_seed(10_000 + seed)
+        d = pf.psis_diagnostic(target.model, guide, num_samples=args.draws)
+        out = {"k": d.k_hat, "ms": 1e3 * seconds / args.steps, "diverged": history.diverged}
+        out["kl"] = target.log_z - d.elbo if target.log_z is not None else math.nan
+        out["err"] = (
+            _moment_error(target, guide, args.moment_draws) if target.reference else math.nan
+        )
+    return out
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return ""
+    med = statistics.median(finite)
+    each = " / ".join(f"{v:.{digits}f}" for v in values)
+    return f"**{med:.{digits}f}** ({each})" if len(values) > 1 else f"{med:.{digits}f}"
+
+
+def run(args: argparse.Namespace) -> str:
+    rows = []
+    for key in args.targets:
+        target = VI_TARGETS[key]()
+        for spec in args.guides:
+            results = []
+            for seed in args.seeds:
+                r = run_one(target, spec, seed, args)
+                print(key, spec, seed, {k: round(v, 4) for k, v in r.items()}, flush=True)
+                results.append(r)
+            rows.append(
+                [
+                    key,
+                    spec,
+                    _cell([r["kl"] for r in results]),
+                    _cell([r["err"] for r in results]),
+                    _cell([r["k"] for r in results], 2),
+                    f"{statistics.median(r['ms'] for r in results):.1f}",
+                ]
+            )
+    return markdown_table(
+        ["target", "guide", "KL (nats)", "err (ref. sd)", "k-hat", "ms/step"], rows
+    )
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--targets", nargs="+", default=["u1", "funnel", "schools"])
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    p.add_argument("--no-pyro", dest="pyro", action="store_false", help="skip AutoIAFNormal")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--anneal", type=int, default=1000)
-    p.add_argument("--particles", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--hidden", type=int, default=32)
-    p.add_argument("--draws", type=int, default=20000, help="guide draws for ELBO and k-hat")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--targets", nargs="+", default=list(DEFAULT_TARGETS), choices=sorted(VI_TARGETS)
+    )
+    default_guides = [*PYRO_GUIDES, "AutoFlow"] + [
+        f"AutoFlow:flow={f}" for f in available_families() if f != "IAF"
+    ]
+    p.add_argument("--guides", nargs="+", default=None, help=f"default: {default_guides}")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=None, help="fit_svi's lr (default: its default)")
+    p.add_argument("--loss", default=None, help="fit_svi's loss (default: its default)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--draws", type=int, default=5000, help="guide draws for ELBO and k-hat")
+    p.add_argument("--moment-draws", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--quick", action="store_true", help="200 steps, 2000 draws (smoke run)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: U2 and eight schools, AutoFlow, AutoMultivariateNormal and "
+        "AutoIAFNormal, 1 seed, 200 steps",
+    )
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.anneal, args.draws = 200, 100, 2000
+        args.targets, args.seeds, args.steps, args.draws = ["U2", "eight_schools"], [0], 200, 2000
+        args.moment_draws = 1000
+        args.guides = args.guides or ["AutoFlow", "AutoMultivariateNormal", "AutoIAFNormal"]
+    args.guides = args.guides or default_guides
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    """Run the selected targets; print and return the markdown report."""
+    """Run the selected targets and guides; print and return the markdown report."""
     args = parse_args(argv)
     threads = set_threads(args.threads)
     command = "python benchmarks/vi_targets.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [f"Environment: {environment(['pyro-ppl'])}; torch threads {threads}.", ""]
     lines += [f"Command: `{command.strip()}`", ""]
-    settings = (
-        f"{args.steps} steps, {args.particles} particles, Adam lr {args.lr} with cosine decay, "
-        f"seed {args.seed}, ELBO and k-hat from {args.draws} draws"
-    )
-    runs = {"u1": ("U1", run_u1), "funnel": ("Funnel (10-D)", run_funnel)}
-    runs["schools"] = ("Eight schools (non-centred)", run_schools)
-    for key in args.targets:
-        title, fn = runs[key]
-        lines += [f"### {title}", "", f"{settings}.", "", fn(args), ""]
+    lines += [
+        f"{args.steps} steps, seeds {args.seeds}, ELBO and k-hat from {args.draws} draws.",
+        "",
+    ]
+    lines += [run(args), ""]
     report = "\n".join(lines)
     print(report)
     return report

@@ -13,6 +13,7 @@ from pyro.infer import Trace_ELBO
 from pyro.infer.autoguide import AutoDiagonalNormal
 
 from pyroflows.datasets import targets as T
+from pyroflows.datasets import vi_targets_suite as S
 
 
 def _log_joint(model, values: dict) -> torch.Tensor:
@@ -132,4 +133,131 @@ def test_target_is_callable_as_a_model():
 )
 def test_user_errors_say_what_to_do(call, match):
     with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+# ---- the benchmark suite (pyroflows.datasets.vi_targets_suite) ------------------------------
+def _exact_guide_log_weights(target, posterior, n=50):
+    """log p(x, z) - log q(z) for n draws z of the exact posterior (all equal to log Z)."""
+    out = []
+    for _ in range(n):
+        values = {k: d.sample() for k, d in posterior.items()}
+        lq = sum(d.log_prob(values[k]).sum() for k, d in posterior.items())
+        out.append(float(_log_joint(target.model, values) - lq))
+    return torch.tensor(out)
+
+
+def test_gaussians_are_normalised_with_their_stated_moments():
+    for kind in ("correlated", "scaled"):
+        t = S.gaussian(6, kind=kind)
+        fn = poutine.trace(t.model).get_trace().nodes["x"]["fn"]
+        mean, sd = (torch.tensor(v) for v in t.reference["x"])
+        torch.testing.assert_close(fn.mean, mean.float())
+        torch.testing.assert_close(fn.variance.sqrt(), sd.float())
+        lw = _exact_guide_log_weights(t, {"x": fn})
+        assert t.log_z == 0.0 and float(lw.abs().max()) < 1e-4
+    corr = S.gaussian(6).reference["x"][1]
+    scaled = S.gaussian(6, kind="scaled").reference["x"][1]
+    assert max(abs(s - 1) for s in corr) < 1e-12 and abs(scaled[-1] / scaled[0] - 1000) < 1e-6
+
+
+def test_mixture_is_normalised_and_its_moments_match_draws():
+    t = S.gaussian_mixture(5)
+    comp = dist.MultivariateNormal(torch.tensor([[-1.25] * 5, [1.25] * 5]), torch.eye(5))
+    fn = dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.3, 0.7])), comp)
+    lw = _exact_guide_log_weights(t, {"x": fn})
+    assert float(lw.abs().max()) < 1e-4
+    x = fn.sample((200_000,))
+    mean, sd = (torch.tensor(v) for v in t.reference["x"])
+    assert float((x.mean(0) - mean).abs().max()) < 0.02
+    assert float((x.std(0) - sd).abs().max()) < 0.02
+
+
+def test_constrained_target_log_z_and_posterior_are_exact():
+    t = S.constrained()
+    post = {"p": dist.Dirichlet(torch.tensor([4.0, 1.0, 2.0, 1.0])), "lam": dist.Gamma(2.0, 4.0)}
+    lw = _exact_guide_log_weights(t, post)
+    assert float((lw - t.log_z).abs().max()) < 1e-4
+    assert t.reference["lam"] == (0.5, 0.5**0.5 / 2)
+    torch.testing.assert_close(torch.tensor(t.reference["p"][0]), post["p"].mean)
+    sites = poutine.trace(t.model).get_trace().nodes
+    assert sites["p"]["fn"].support is dist.constraints.simplex
+    assert sites["lam"]["fn"].support.lower_bound == 0.0
+
+
+def test_hierarchical_stored_quadrature_is_the_computed_one():
+    t = S.hierarchical(300)
+    y, sigma = S._hier_data(300)
+    log_z, ref = S._hier_quadrature(y, sigma, n=401)
+    assert abs(log_z - t.log_z) < 1e-3 and t.latent_dim == 302
+    for site in ("mu", "tau"):
+        assert abs(ref[site][0] - t.reference[site][0]) < 1e-3
+        assert abs(ref[site][1] - t.reference[site][1]) < 1e-3
+
+
+def test_hierarchical_group_effects_integrate_out_as_stated():
+    # at fixed (mu, tau), the integral over theta_tilde of one group's joint is
+    # N(y; mu, tau^2 + sigma^2): check by 1-D quadrature on a model with one group
+    t = S.hierarchical(1)
+    y, sigma = S._hier_data(1)
+    mu, tau = torch.tensor(0.7), torch.tensor(1.3)
+    grid = torch.linspace(-12, 12, 4001)
+    lp = torch.stack(
+        [_log_joint(t.model, {"mu": mu, "tau": tau, "theta_tilde": g[None]}) for g in grid[::8]]
+    )
+    log_int = float(torch.logsumexp(lp, 0) + math.log(float(grid[8] - grid[0])))
+    prior = dist.Normal(0.0, 5.0).log_prob(mu) + dist.HalfNormal(5.0).log_prob(tau)
+    marg = dist.Normal(mu.double(), (tau.double() ** 2 + sigma**2).sqrt()).log_prob(y).sum()
+    assert abs(log_int - float(prior + marg)) < 1e-3
+
+
+def test_logistic_regression_model_and_reference():
+    pytest.importorskip("sklearn")
+    t = S.logistic_regression()
+    x, y = S._breast_cancer()
+    w = torch.randn(31, dtype=torch.float64) * 0.3
+    torch.testing.assert_close(
+        _log_joint(t.model, {"w": w.float()}).double(),
+        S._logistic_log_joint(w, x, y),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+    mean, sd = t.reference["w"]
+    assert len(mean) == len(sd) == 31 and t.latent_dim == 31 and min(sd) > 0
+    assert "importance sampling" in t.source
+
+
+@pytest.mark.slow
+def test_logistic_regression_reference_reproduces_the_stored_one():
+    pytest.importorskip("sklearn")
+    ref = S.logistic_regression_reference(20_000)
+    stored = S.logistic_regression()
+    assert abs(ref["log_z"] - stored.log_z) < 0.05
+    mean, sd = (torch.tensor(v, dtype=torch.float64) for v in stored.reference["w"])
+    assert float(((ref["mean"] - mean) / sd).abs().max()) < 0.1
+
+
+@pytest.mark.parametrize("name", sorted(S.VI_TARGETS))
+def test_every_suite_target_runs_vectorised_and_says_where_its_answer_comes_from(name):
+    if name == "logreg":
+        pytest.importorskip("sklearn")
+    t = S.VI_TARGETS[name]()
+    assert t.source and (t.log_z is not None or t.reference)
+    guide = AutoDiagonalNormal(t.model)
+    elbo = Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    assert math.isfinite(elbo.loss(t.model, guide))
+    assert guide.latent_dim == t.latent_dim
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: S.gaussian(kind="round"), "kind"),
+        (lambda: S.gaussian(1), "dim"),
+        (lambda: S.gaussian_mixture(0), "dim"),
+        (lambda: S.hierarchical(0), "groups"),
+    ],
+)
+def test_suite_user_errors_say_what_to_do(call, match):
+    with pytest.raises(ValueError, match=match):
         call()

@@ -71,7 +71,10 @@ class AutoFlow(AutoContinuous):
             reads the cache (see the module notes). The default IAF follows [3].
         init_loc_fn: per-site initialisation of :math:`\mu` (see Pyro's
             :mod:`~pyro.infer.autoguide.initialization`).
-        init_scale: initial :math:`\sigma` (> 0) of every unconstrained coordinate.
+        init_scale: initial :math:`\sigma` (> 0) of every unconstrained coordinate. The default
+            1.0 starts the guide at the scale of Pyro's flow guides (a standard normal base);
+            0.1, the scale of Pyro's Gaussian autoguides, trained slowly and unstably in the
+            defaults sweep of ``benchmarks/vi_targets.py`` (docs/benchmarks.md).
         **flow_kwargs: passed to ``flow``, e.g. ``num_layers=3, hidden_dims=(32, 32)``.
 
     Attributes:
@@ -108,7 +111,7 @@ class AutoFlow(AutoContinuous):
         flow: FlowSpec = IAF,
         *,
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
-        init_scale: float = 0.1,
+        init_scale: float = 1.0,
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, Flow):
@@ -232,7 +235,7 @@ class AutoFlow(AutoContinuous):
         Example:
             >>> import pyro, pyro.distributions as dist, pyroflows as pf
             >>> guide = pf.AutoFlow(lambda: pyro.sample("m", dist.Normal(3.0, 1.0)),
-            ...                     init_loc_fn=pyro.infer.autoguide.init_to_mean)
+            ...                     init_loc_fn=pyro.infer.autoguide.init_to_mean, init_scale=0.1)
             >>> round(float(guide.median()["m"]), 1)     # starts at N(3, 0.1^2)
             3.0
         """

@@ -346,7 +346,7 @@ class _SVITask:
 
 #: ``fit_svi``'s defaults of loop options whose ``fit`` default differs
 #: (:class:`~pyroflows.infer.LoopConfig` holds the rest).
-SVI_DEFAULTS: dict[str, Any] = {"lr": 1e-2}
+SVI_DEFAULTS: dict[str, Any] = {"lr": 3e-3}
 
 #: ``fit_svi``'s own keywords (the others are the loop's, then the model's and guide's).
 SVI_OPTIONS = ("loss", "num_particles", "anneal", "final_check", "num_check_samples")
@@ -400,7 +400,7 @@ def fit_svi(
         num_check_samples: guide draws of the final check (>= 2; k-hat wants a few hundred).
         **kwargs: the training loop's options, documented in
             :class:`~pyroflows.infer.LoopConfig` and shared with :func:`~pyroflows.infer.fit`:
-            ``steps`` (default 1000), ``lr`` (default 1e-2), ``optimizer``, ``lr_schedule``,
+            ``steps`` (default 1000), ``lr`` (default 3e-3), ``optimizer``, ``lr_schedule``,
             ``warmup``, ``weight_decay``, ``clip_grad``, ``progress``, ``seed``,
             ``checkpoint``, ``checkpoint_every``, ``resume``, ``callbacks`` (``cb(step,
             history, guide)``); ``eval_every`` and ``patience`` are ``fit``'s (there is no
