@@ -490,7 +490,7 @@ def test_fit_svi_refuses_the_validation_options_and_bad_callbacks():
 
 def test_fit_svi_keeps_its_defaults_and_takes_the_shared_options():
     h = fit_svi()
-    assert h.lr == [1e-2] * 3  # fit_svi's default lr (fit's is 1e-3)
+    assert h.lr == [3e-3] * 3  # fit_svi's default lr (fit's is 1e-3)
     h = fit_svi(weight_decay=0.1, seed=0)  # a loop option fit_svi did not take before
     assert h.steps == 3 and not h.diverged
 
