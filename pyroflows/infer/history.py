@@ -99,6 +99,7 @@ class History:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> History:
+        """The History that :meth:`state_dict` wrote (unknown keys are ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in state.items() if k in names})
 
