@@ -23,24 +23,49 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # the checkout's pyroflows, whatever is installed
 
-# The notebooks' kernels inherit this environment: smoke mode, one thread per process, and a
-# matplotlib backend that needs no display.
+# The notebooks' kernels inherit this environment: smoke mode and one thread per process.
 os.environ["PYROFLOWS_SMOKE_TEST"] = "1"
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pyroflows  # noqa: E402
-from sphinx.pycode import ModuleAnalyzer  # noqa: E402
+# What the tutorials show needs a display rule in the kernel: pyroflows.plotting returns plain
+# matplotlib Figures (no pyplot, so no inline backend registers them), and save_image_grid
+# returns the Path of a PNG. This startup file, in an IPython folder of the build's own, shows
+# both as PNG images; it also drops tqdm's "IProgress not found" warning (no ipywidgets here).
+_KERNEL_STARTUP = """\
+import pathlib
+import warnings
+
+from IPython import get_ipython
+from IPython.core.pylabtools import select_figure_formats
+
+warnings.filterwarnings("ignore", message="IProgress not found")
+_ip = get_ipython()
+select_figure_formats(_ip, {"png"}, bbox_inches="tight")
+_ip.display_formatter.formatters["image/png"].for_type(
+    pathlib.PurePath,
+    lambda p: pathlib.Path(p).read_bytes() if str(p).endswith(".png") and pathlib.Path(p).is_file() else None,
+)
+"""
+_ipython_dir = Path(tempfile.mkdtemp(prefix="pyroflows-docs-ipython-"))
+(_ipython_dir / "profile_default" / "startup").mkdir(parents=True)
+(_ipython_dir / "profile_default" / "startup" / "00-pyroflows-docs.py").write_text(_KERNEL_STARTUP)
+os.environ["IPYTHONDIR"] = str(_ipython_dir)
+
 from sphinx.errors import PycodeError  # noqa: E402
+from sphinx.pycode import ModuleAnalyzer  # noqa: E402
+
+import pyroflows  # noqa: E402
 
 project = "pyroflows"
 author = "pyroflows developers"
-copyright = "pyroflows developers"  # noqa: A001
+copyright = "pyroflows developers"
 release = version = pyroflows.__version__
 
 extensions = [
@@ -48,6 +73,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax 3 served with the site: no CDN, works offline
     "sphinx.ext.viewcode",
     "sphinxarg.ext",
     "myst_nb",  # Markdown (myst-parser) and notebooks
@@ -65,6 +91,7 @@ pygments_dark_style = "monokai"
 # The modules with an API page are those listed in api.rst (a new subpackage is one line there);
 # a new public name needs no edit: it is read from its module's ``__all__``.
 API_MODULES = re.findall(r"^   (pyroflows[\w.]*)$", (DOCS / "api.rst").read_text(), re.M)
+
 
 def _api_tables() -> tuple[dict[str, dict[str, list[str]]], dict[str, str]]:
     """Each API module's ``__all__`` sorted into kinds, and the aliases: a subpackage name that
@@ -247,8 +274,13 @@ def _import_path(path: str):
     return None
 
 
-# --- tutorials: copy the repository's notebooks into the source tree ---------------------------
-def _copy_tutorials(app) -> None:
+# --- generated sources -------------------------------------------------------------------------
+# Stub pages of names since removed from an __all__ must not survive into the next build.
+shutil.rmtree(DOCS / "api", ignore_errors=True)
+
+
+def _copy_tutorials() -> None:
+    """Copy the repository's notebooks into docs/tutorials (the source tree Sphinx reads)."""
     out = DOCS / "tutorials"
     out.mkdir(exist_ok=True)
     wanted = {p.name for p in (ROOT / "tutorials").glob("*.ipynb")}
@@ -259,6 +291,9 @@ def _copy_tutorials(app) -> None:
         src, dst = ROOT / "tutorials" / name, out / name
         if not dst.exists() or dst.read_bytes() != src.read_bytes():
             shutil.copyfile(src, dst)
+
+
+_copy_tutorials()
 
 
 _MEMBER_REF = re.compile(r":(meth|attr):`(\w+)`")
@@ -279,5 +314,5 @@ def _process_docstring(app, what, name, obj, options, lines):
 
 def setup(app):
     app.connect("autodoc-process-docstring", _process_docstring)
-    app.connect("builder-inited", _copy_tutorials)
+    app.connect("build-finished", lambda app, exc: shutil.rmtree(_ipython_dir, ignore_errors=True))
     app.connect("missing-reference", _resolve_pyroflows)
