@@ -56,6 +56,10 @@ _ip.display_formatter.formatters["image/png"].for_type(
 _ipython_dir = Path(tempfile.mkdtemp(prefix="pyroflows-docs-ipython-"))
 (_ipython_dir / "profile_default" / "startup").mkdir(parents=True)
 (_ipython_dir / "profile_default" / "startup" / "00-pyroflows-docs.py").write_text(_KERNEL_STARTUP)
+# ipykernel warns on every start that its TCP transport is not encrypted (local kernels only)
+(_ipython_dir / "profile_default" / "ipython_kernel_config.py").write_text(
+    'c.IPKernelApp.log_level = "ERROR"\n'
+)
 os.environ["IPYTHONDIR"] = str(_ipython_dir)
 
 from sphinx.errors import PycodeError  # noqa: E402

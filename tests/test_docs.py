@@ -110,7 +110,7 @@ def site() -> Path:
     done = subprocess.run(
         [*cmd, str(ROOT / "docs"), str(HTML)], capture_output=True, text=True, env=env, cwd=ROOT
     )
-    warnings = [line for line in done.stderr.splitlines() if "WARNING" in line or "ERROR" in line]
+    warnings = [line for line in done.stderr.splitlines() if re.search(r"(WARNING|ERROR):", line)]
     assert done.returncode == 0 and not warnings, "\n".join(warnings) or done.stderr[-3000:]
     SHOTS.mkdir(parents=True, exist_ok=True)
     return HTML
