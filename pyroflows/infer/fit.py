@@ -323,6 +323,8 @@ def fit(
     objective: str | Objective = "nll",
     objective_kwargs: dict[str, Any] | None = None,
     regularization: dict[str, float] | None = None,
+    distributed: bool | None = None,
+    check_data: bool = True,
 ) -> History:
     """Fit ``flow`` to ``data`` by maximum likelihood (or another ``objective``).
 
@@ -418,6 +420,15 @@ def fit(
     dtype, dev = _reference(flow)
     shape = tuple(flow.event_shape)
     context_dim = int(getattr(flow, "context_dim", 0) or 0)
+    # ---- issue 15 hook: Datasets, DataLoaders, memory maps, torch.distributed (infer/data.py)
+    from .data import fit_streamed, is_streamed
+    from .distributed import setup as _dist_setup
+
+    if is_streamed(data) or _dist_setup(distributed, dev).active:
+        opts = {k: v for k, v in locals().items() if k not in ("flow", "data", "opts")}
+        opts.update(dtype=dtype, device=dev, shape=shape, context_dim=context_dim)
+        return fit_streamed(flow, data, **opts)
+    # ---- end of hook
     x = check_rows(data, "data", shape, dtype=dtype, device=dev)
 
     def _context(c: Any, name: str, rows: int, rows_of: str) -> Tensor | None:
