@@ -214,7 +214,7 @@ class _IndexedFitTask:
             failed = f"{type(exc).__name__}: {exc}"
         if self.group.active:
             flags = torch.tensor(
-                [float(bool(failed)), 0.0 if failed else float(value)],  # type: ignore[arg-type]
+                [float(bool(failed)), 0.0 if failed else float(value.detach())],  # type: ignore[arg-type]
                 dtype=torch.float64,
                 device=x.device,
             )
