@@ -134,3 +134,26 @@ def test_kill_and_resume_with_two_and_one_process(tmp_path):
         resume=True,
     )
     assert _close(flow.state_dict(), ref)
+
+
+def _nan_on_rank1_at_step3():
+    calls = {"n": 0}
+
+    def objective(flow, x, c):
+        loss = -flow().log_prob(x).mean()
+        calls["n"] += 1
+        if torch.distributed.get_rank() == 1 and calls["n"] == 4:  # the 4th training step
+            return loss * float("nan")
+        return loss
+
+    return objective
+
+
+def test_divergence_on_one_rank_rolls_back_every_rank(tmp_path):
+    opts = dict(steps=STEPS, batch_size=16, seed=5, val_fraction=0.0)
+    r0, r1 = _spawn(tmp_path, dict(opts, objective=_nan_on_rank1_at_step3()))
+    assert "error" not in r0, r0.get("trace")
+    assert "error" not in r1, r1.get("trace")
+    assert _close(r0["state"], r1["state"], 0.0)
+    assert np.isnan(r0["train_loss"][3]) and np.isnan(r1["train_loss"][3])
+    assert np.isfinite(np.delete(r0["train_loss"], 3)).all()

@@ -378,6 +378,18 @@ def fit(
             and ``sum(weight * value)`` is added to the training loss (not to the validation
             loss). All reported values are recorded in ``History.regularization``, and the
             ``nfe`` of modules that have one in ``History.nfe``.
+        distributed: ``None`` (default): train data-parallel when a ``torch.distributed``
+            process group is initialised (e.g. by a script run under ``torchrun``); ``True``:
+            also initialise one from torchrun's environment variables (``gloo`` on the CPU,
+            ``nccl`` on GPUs); ``False``: one process. Then ``batch_size`` is per process; see
+            :mod:`pyroflows.infer.data` and docs/scaling.md.
+        check_data: scan a streamed ``data`` source for NaN/Inf rows first (in chunks).
+
+    ``data`` may also be a memory-mapped array (:func:`pyroflows.datasets.open_npy`), a
+    ``torch.utils.data.Dataset`` of rows or ``(row, context)`` pairs (read by index, a minibatch
+    at a time, with the same validation split and batch order as the in-memory fit), an
+    ``IterableDataset`` or a ``DataLoader`` (consumed in its own order; validation then comes
+    from ``val_data`` only): see :mod:`pyroflows.infer.data`.
 
     Returns:
         The :class:`~pyroflows.infer.History` (train/validation losses, best step, rollbacks...).
