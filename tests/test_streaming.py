@@ -99,3 +99,22 @@ def test_dataloader_and_iterable_sources(table):
     assert _same(flow, f2) < 1e-12
     with pytest.raises(ValueError, match="no length"):
         _fit(Rows(), steps=None, epochs=1)
+
+
+def test_cli_fit_streams_a_npy_file(tmp_path, capsys, table, monkeypatch):
+    from pyroflows import cli
+
+    x, path = table
+    model = tmp_path / "m.pt"
+    argv = ["fit", path, "--out", model, "--steps", "20", "--no-progress", "--stream"]
+    loaded = []
+    monkeypatch.setattr(cli, "_load_finite_table", lambda p: loaded.append(p))  # never called
+    assert cli.main([str(a) for a in argv]) == 0
+    assert not loaded and "fitted" in capsys.readouterr().out
+    flow = pf.load(model)
+    assert flow.log_prob(torch.from_numpy(x[:5]).float()).isfinite().all()
+    bad = x.copy()
+    bad[123, 0] = np.inf
+    np.save(path, bad)
+    assert cli.main([str(a) for a in argv]) != 0
+    assert "(row 123)" in capsys.readouterr().err

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
-__all__ = ["ArrayRows", "CsvRows", "csv_chunks", "csv_to_npy", "open_npy", "scan_rows"]
+__all__ = ["ArrayRows", "CsvRows", "csv_chunks", "csv_to_npy", "fit_npy", "open_npy", "scan_rows"]
 
 #: Rows read at a time by the streamed checks and conversions.
 CHUNK_ROWS = 65536
@@ -233,3 +233,82 @@ def scan_rows(
             "remove or impute them"
         )
     return n
+
+
+class _Standardized(Dataset):
+    """Rows of an array standardised on the fly, ``(x - mean) / std``, read by index."""
+
+    def __init__(self, data: Any, mean: np.ndarray, std: np.ndarray) -> None:
+        self.data, self.mean, self.std = data, mean, std
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> Tensor:
+        rows = np.asarray(self.data[np.asarray(indices, dtype=np.int64)], dtype=np.float64)
+        return torch.from_numpy((rows - self.mean) / self.std)
+
+
+def fit_npy(
+    flow: Any,
+    path: str | Path | np.ndarray,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    prepare: Any = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """``pyroflows fit big.npy``: what the command's ``fit_table`` does, without loading the
+    file: memory-map it, check it for NaN/Inf rows in chunks (naming them by row number, from
+    0), standardise with column means and deviations computed in chunks, fit on the rows read
+    a minibatch at a time (``pf.fit``'s seeded index split holds out ``val_fraction``), and
+    score the training rows in chunks (after ``prepare(flow)``, if given). ``path`` may be the
+    memory-mapped array itself. Returns what ``fit_table`` returns."""
+    from ..infer.fit import fit
+    from .tabular import Standardizer
+
+    x = open_npy(path) if isinstance(path, (str, Path)) else path
+    if x.ndim != 2:
+        raise ValueError(f"{path} holds an array of shape {x.shape}; a table is 2-D")
+    scan_rows(array_chunks(x), name=str(path))
+    s1, s2 = np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for _, chunk in array_chunks(x):
+        c = np.asarray(chunk, dtype=np.float64)
+        s1 += c.sum(0)
+        s2 += (c * c).sum(0)
+    mean = s1 / len(x)
+    std = np.sqrt(np.maximum(s2 / len(x) - mean**2, 0.0))
+    constant = std <= 1e-12 * np.maximum(1.0, np.abs(mean))
+    if constant.any():
+        cols = ", ".join(str(j + 1) for j in np.flatnonzero(constant))
+        raise ValueError(f"column(s) {cols} are constant; drop those columns")
+    st = Standardizer(mean, std)
+    kw.setdefault("progress", False)
+    data = _Standardized(x, mean, std)
+    history = fit(flow, data, val_fraction=val_fraction, seed=seed, check_data=False, **kw)
+    flow.eval()
+    if prepare is not None:
+        prepare(flow)
+    n_val = min(max(1, round(len(x) * val_fraction)), len(x) - 1) if val_fraction > 0 else 0
+    total = 0.0
+    with torch.no_grad():
+        for s, _ in array_chunks(x, 8192):
+            z = data.__getitems__(range(s, min(s + 8192, len(x))))
+            z = z.to(next(flow.parameters()).dtype)
+            total -= float(flow().log_prob(z).double().sum())
+    # the mean over all rows, and the validation rows' mean, give the training rows' mean
+    val_nll = None if not n_val else history.best_val_loss + st.log_det
+    n_train = len(x) - n_val
+    all_nll = total / len(x) + st.log_det
+    train_nll = all_nll if not n_val else (all_nll * len(x) - val_nll * n_val) / n_train
+    return {
+        "standardizer": st,
+        "history": history,
+        "train_nll": train_nll,
+        "val_nll": val_nll,
+        "n_train": n_train,
+        "n_val": n_val,
+    }
