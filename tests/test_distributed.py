@@ -157,3 +157,60 @@ def test_divergence_on_one_rank_rolls_back_every_rank(tmp_path):
     assert _close(r0["state"], r1["state"], 0.0)
     assert np.isnan(r0["train_loss"][3]) and np.isnan(r1["train_loss"][3])
     assert np.isfinite(np.delete(r0["train_loss"], 3)).all()
+
+
+NS, MS = 40, 8
+XS = torch.linspace(-2.0, 3.0, NS)
+
+
+def _svi_model(x, m):
+    import pyro
+    import pyro.distributions as dist
+
+    z = pyro.sample("z", dist.Normal(0.0, 1.0))
+    with pyro.plate("data", len(x), subsample_size=m) as idx:
+        pyro.sample("obs", dist.Normal(z, 1.0), obs=x[idx])
+
+
+def _svi_run(m, **kw):
+    import pyro
+    from pyro.infer.autoguide import AutoNormal
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(_svi_model)
+    h = pf.fit_svi(_svi_model, guide, XS, m, steps=6, lr=0.05, seed=3, progress=False,
+                   final_check=False, **kw)  # fmt: skip
+    return {k: v.detach().clone() for k, v in guide.state_dict().items()}, h
+
+
+def _svi_worker(rank, world, port, out):
+    import os
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    try:
+        state, h = _svi_run(MS // world, distributed=True)
+        result = {"state": state, "train_loss": h.train_loss}
+    except BaseException as exc:  # reported to the test
+        result = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
+    torch.save(result, f"{out}/svi{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_fit_svi_two_processes_half_subsample_equal_one_process(tmp_path):
+    ref, h = _svi_run(MS)
+    ctx, port = mp.get_context("fork"), _port()
+    procs = [ctx.Process(target=_svi_worker, args=(r, 2, port, str(tmp_path))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert not any(p.is_alive() for p in procs)
+    r0, r1 = (torch.load(tmp_path / f"svi{r}.pt", weights_only=False) for r in (0, 1))
+    assert "error" not in r0, r0.get("trace")
+    assert _close(r0["state"], r1["state"], 0.0)
+    assert _close(r0["state"], ref)
+    np.testing.assert_allclose(r0["train_loss"], h.train_loss, rtol=1e-5)
+    assert not _close(ref, _svi_run(MS // 2)[0])  # the subsample size matters: it can fail

@@ -122,3 +122,153 @@ def all_mean(group: Group, values: list[float], device: Any) -> list[float]:
         return values
     t = torch.tensor(values, dtype=torch.float64, device=device)
     return (group.sum(t) / group.world).tolist()
+
+
+# ---- fit_svi: sharded subsamples and all-reduced gradients -------------------------------------
+
+
+def _key(*parts: Any) -> int:
+    import hashlib
+
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class _ShardedSubsample:
+    """A Pyro messenger that draws each subsampled ``pyro.plate``'s indices as a function of
+    ``(seed, step, plate name, call)``: the global subsample is the first
+    ``subsample_size * world`` entries of a seeded permutation of ``range(size)``, of which
+    rank ``r`` takes every ``world``-th from the ``r``-th. So ``W`` processes with
+    ``subsample_size = m / W`` see the rows of one process with ``m``."""
+
+    def __init__(self, group: Group, seed: int) -> None:
+        from pyro.poutine.messenger import Messenger
+
+        outer = self
+
+        class _M(Messenger):
+            def _process_message(self, msg: Any) -> None:
+                outer._draw(msg)
+
+        self.messenger = _M()
+        self.group, self.seed, self.step = group, seed, 0
+        self._calls: dict[str, int] = {}
+
+    def _draw(self, msg: Any) -> None:
+        from pyro.poutine.subsample_messenger import _Subsample
+
+        fn = msg.get("fn")
+        if msg.get("type") != "sample" or not isinstance(fn, _Subsample):
+            return
+        if msg.get("value") is not None or fn.subsample_size is None:
+            return
+        size, local, world = fn.size, fn.subsample_size, self.group.world
+        if local * world > size:
+            raise ValueError(
+                f"plate {msg['name']!r}: subsample_size {local} x {world} processes exceeds its "
+                f"size {size}; give each process subsample_size <= {size // world}"
+            )
+        if local >= size:
+            return
+        call = self._calls.get(msg["name"], 0)
+        self._calls[msg["name"]] = call + 1
+        g = torch.Generator().manual_seed(_key(self.seed, self.step, msg["name"], call))
+        idx = torch.randperm(size, generator=g)[: local * world][self.group.rank :: world]
+        msg["value"] = idx.to(fn.device) if fn.device is not None else idx
+
+    def at(self, step: int) -> Any:
+        self.step, self._calls = step, {}
+        return self.messenger
+
+
+class SVIGroupTask:
+    """``fit_svi``'s task on a process group: seeded, sharded plate subsamples; gradients
+    averaged over ranks after ``backward`` (the engine's ``after_backward`` hook); losses and
+    "step failed" flags all-reduced; checkpoints from rank 0."""
+
+    def __init__(self, task: Any, group: Group, seed: int | None) -> None:
+        self.inner, self.group = task, group
+        self.kind, self.target = task.kind, task.target
+        self.has_validation = task.has_validation
+        self.writes_checkpoints = group.writer
+        self.sub = None if seed is None else _ShardedSubsample(group, seed)
+        if group.active:  # every rank starts from rank 0's initial values
+            for t in task.state().values():
+                td.broadcast(t.data, src=0)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def named_parameters(self) -> list[tuple[str, Tensor]]:
+        return self.inner.named_parameters()
+
+    def state(self) -> dict[str, Tensor]:
+        return self.inner.state()
+
+    def meta(self) -> dict[str, Any]:
+        return self.inner.meta()
+
+    def set_training(self, mode: bool) -> None:
+        self.inner.set_training(mode)
+
+    def validate(self) -> float:
+        return self.inner.validate()
+
+    def any_rank(self, flag: bool) -> bool:
+        return self.group.any(flag, torch.device("cpu"))
+
+    def loss(self, step: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
+        from ..transforms.base import NonFiniteError
+
+        if self.sub is None:
+            return self.inner.loss(step)
+        if not self.group.active:  # one process: seeded subsamples only
+            with self.sub.at(step):
+                return self.inner.loss(step)
+        failed, out = "", None
+        try:
+            with self.sub.at(step):
+                out = self.inner.loss(step)
+            if not torch.isfinite(out[0].detach()).all():
+                failed = f"the loss is {float(out[0].detach())}"
+        except (NonFiniteError, ValueError) as exc:
+            if not (isinstance(exc, NonFiniteError) or "invalid values" in str(exc)):
+                raise
+            failed = f"{type(exc).__name__}: {exc}"
+        v = 0.0 if failed else float(out[1].detach())  # type: ignore[index]
+        flags = self.group.sum(torch.tensor([float(bool(failed)), v], dtype=torch.float64))
+        if flags[0] > 0:
+            where = f"on this rank ({failed})" if failed else "on another rank"
+            raise NonFiniteError(f"the step failed {where}")
+        total, _, extras = out  # type: ignore[misc]
+        return total, (flags[1] / self.group.world).to(total.dtype), extras
+
+    def after_backward(self, params: list[Tensor]) -> None:
+        """Average the gradients over ranks (a missing gradient counts as zeros)."""
+        if not self.group.active:
+            return
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1).double() for p in params])  # type: ignore[union-attr]
+        self.group.sum(flat)
+        flat /= self.group.world
+        i = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[i : i + n].view_as(p))  # type: ignore[union-attr]
+            i += n
+
+
+def svi_task(task: Any, distributed: bool | None, seed: int | None) -> Any:
+    """``fit_svi``'s hook: ``task`` on the process group (sharded, seeded subsamples; averaged
+    gradients), or with seeded subsamples in one process."""
+    group = setup(distributed, torch.device("cpu"))
+    if seed is None and not group.active:
+        return SVIGroupTask(task, group, None)  # Pyro's own subsampling, untouched
+    if seed is None:
+        t = torch.randint(2**31 - 1, (1,), dtype=torch.float64)
+        if group.active:
+            td.broadcast(t, src=0)
+        seed = int(t.item())
+    return SVIGroupTask(task, group, seed)

@@ -337,6 +337,8 @@ class _Loop:
             )
         self._add_new_parameters()
         total.backward()
+        if hasattr(self.task, "after_backward"):  # issue 15 hook: average gradients over ranks
+            self.task.after_backward(self.params)
         norm = _grad_norm(self.params, self.cfg.clip_grad)
         tensors = {k: v for k, v in extras.items() if isinstance(v, Tensor)}
         row = [

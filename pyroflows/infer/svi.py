@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ..flows import FlowDistribution
 from ..transforms.base import FlowTransform
+from .distributed import svi_task
 from .engine import History, LoopConfig, load_checkpoint, train
 
 __all__ = ["TraceSTL_ELBO", "anneal_beta", "fit_svi"]
@@ -364,6 +365,7 @@ def fit_svi(
     warmup: int = 0,
     final_check: bool = True,
     num_check_samples: int = 1000,
+    distributed: bool | None = None,
     **kwargs: Any,
 ) -> History:
     """Fit ``guide`` (any Pyro guide, e.g. :class:`pyroflows.AutoFlow` or Pyro's autoguides) and
@@ -388,6 +390,13 @@ def fit_svi(
             learning rate three times or more, or when the ELBO of the last tenth of the steps
             is no better than that of the first tenth. The global RNG state is left as it was.
         num_check_samples: guide draws of the final check (>= 2; k-hat wants a few hundred).
+        distributed: data-parallel over a ``torch.distributed`` process group (``None``: when
+            one is initialised; ``True``: initialise it from torchrun's variables): gradients
+            are averaged over the processes, losses all-reduced, checkpoints written by rank 0;
+            every process draws the same guide noise, and a subsampled ``pyro.plate``
+            (``subsample_size`` per process) takes its share of one seeded global subsample. With
+            ``seed`` given, subsample indices are a function of (seed, step, plate), also in one
+            process. See docs/scaling.md.
 
     Returns:
         :class:`~pyroflows.infer.History`: ``train_loss`` is the negative ELBO estimate per
@@ -443,6 +452,7 @@ def fit_svi(
             what="particles",
             stacklevel=2,
         )
+    task = svi_task(task, distributed, seed)  # issue 15 hook: torch.distributed, subsamples
     cfg = LoopConfig(
         steps=int(steps),
         lr=lr,
