@@ -26,6 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -154,7 +155,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096, help="global batch size")
     ap.add_argument("--steps", type=int, default=None, help="steps (default: one epoch)")
     ap.add_argument("--modes", default="stream,ddp2,plain")
-    ap.add_argument("--dir", default="benchmarks/_scale_data")
+    ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "pyroflows_scale"))
     a = ap.parse_args()
     d = Path(a.dir)
     d.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,13 @@ def _as(a: Any) -> Tensor:
 def _epoch_perm(seed: int, epoch: int, n: int) -> Tensor:
     from .fit import _epoch_seed
 
-    return torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(seed, epoch)))
+    g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    return torch.randperm(n, generator=g, dtype=_index_dtype(n))
+
+
+def _index_dtype(n: int) -> torch.dtype:
+    """int32 row indices (4 bytes a row) when they fit; the same permutation as int64."""
+    return torch.int32 if n < 2**31 else torch.int64
 
 
 class _IndexedFitTask:
@@ -199,7 +205,7 @@ class _IndexedFitTask:
             self._perm, self._epoch = _epoch_perm(self.seed, epoch, len(self.train)), epoch
         b = self.global_batch
         chosen = self._perm[i * b : (i + 1) * b][self.group.rank :: self.group.world]  # type: ignore[index]
-        return self.rows.get(self.train[chosen])
+        return self.rows.get(self.train[chosen.long()])
 
     def loss(self, step: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
         x, c = self.batch(step)
@@ -482,7 +488,7 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
             if cdim:
                 scan_rows(rows.chunks("context"), name="context", shape=(cdim,))
         n = rows.n
-        perm = torch.arange(n)
+        perm = torch.arange(n, dtype=_index_dtype(n))
         val: Any = None
         vf = o["val_fraction"]
         if o["val_data"] is not None:
@@ -490,7 +496,8 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
             val = (vrows, torch.arange(vrows.n))
         elif vf > 0 and n >= 2:
             n_val = min(max(1, round(n * vf)), n - 1)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(base))
+            g = torch.Generator().manual_seed(base)
+            perm = torch.randperm(n, generator=g, dtype=_index_dtype(n))
             val = (rows, perm[:n_val])
             perm = perm[n_val:]
         if isinstance(data, Tensor):  # the in-memory fit's fingerprint: resumable either way
