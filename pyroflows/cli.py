@@ -334,6 +334,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     meta = {k: out[k] for k in ("train_nll", "val_nll", "n_train", "n_val")}
     meta |= dict(source=str(args.data), family=args.flow, steps=history.steps, seed=args.seed)
     meta |= dict(objective=objective)
+    from pyroflows.infer.distributed import rank  # issue 15 hook: under torchrun, rank 0 saves
+
+    if rank() != 0:
+        return 0
     st = out["standardizer"]  # part of the saved model: pf.load(out).log_prob(raw rows) works
     pf.save(flow.standardize_(mean=st.mean, std=st.std), args.out, columns=columns, **meta)
     val = "n/a" if out["val_nll"] is None else f"{out['val_nll']:.4f}"

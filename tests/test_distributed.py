@@ -214,3 +214,18 @@ def test_fit_svi_two_processes_half_subsample_equal_one_process(tmp_path):
     assert _close(r0["state"], ref)
     np.testing.assert_allclose(r0["train_loss"], h.train_loss, rtol=1e-5)
     assert not _close(ref, _svi_run(MS // 2)[0])  # the subsample size matters: it can fail
+
+
+@pytest.mark.slow
+def test_cli_fit_under_torchrun(tmp_path):
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).normal(size=(400, 2)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "pyroflows.cli", "fit", "t.npy", "--out", "m.pt", "--steps", "10",
+           "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("saved m.pt") == 1  # rank 0 alone reports and saves
+    assert pf.load(tmp_path / "m.pt").log_prob(torch.zeros(1, 2)).isfinite().all()

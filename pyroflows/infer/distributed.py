@@ -68,7 +68,9 @@ def setup(distributed: bool | None, device: torch.device, *, timeout_s: float = 
     """The :class:`Group` of this process.
 
     Args:
-        distributed: ``None``: use the process group if one is initialised, else one process.
+        distributed: ``None``: use the process group if one is initialised, or initialise it
+            when torchrun started this process (its variables say ``WORLD_SIZE`` > 1), else one
+            process.
             ``True``: use it, or initialise one from torchrun's environment variables.
             ``False``: one process even under a launcher.
         device: where the flow is (chooses ``nccl`` for CUDA, ``gloo`` otherwise).
@@ -82,7 +84,8 @@ def setup(distributed: bool | None, device: torch.device, *, timeout_s: float = 
             raise ValueError("distributed=True needs torch.distributed, which this torch lacks")
         return Group()
     if not td.is_initialized():
-        if not distributed:
+        launched = all(k in os.environ for k in _ENV) and int(os.environ["WORLD_SIZE"]) > 1
+        if not (distributed or launched):
             return Group()
         missing = [k for k in _ENV if k not in os.environ]
         if missing:
@@ -94,6 +97,11 @@ def setup(distributed: bool | None, device: torch.device, *, timeout_s: float = 
         backend = "nccl" if device.type == "cuda" else "gloo"
         td.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return Group(rank=td.get_rank(), world=td.get_world_size(), active=td.get_world_size() > 1)
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return td.get_rank() if td.is_available() and td.is_initialized() else 0
 
 
 def explain(exc: BaseException, group: Group) -> BaseException | None:

@@ -379,7 +379,8 @@ def fit(
             loss). All reported values are recorded in ``History.regularization``, and the
             ``nfe`` of modules that have one in ``History.nfe``.
         distributed: ``None`` (default): train data-parallel when a ``torch.distributed``
-            process group is initialised (e.g. by a script run under ``torchrun``); ``True``:
+            process group is initialised, or initialise it when ``torchrun`` started this
+            process with ``WORLD_SIZE`` > 1; ``True``:
             also initialise one from torchrun's environment variables (``gloo`` on the CPU,
             ``nccl`` on GPUs); ``False``: one process. Then ``batch_size`` is per process; see
             :mod:`pyroflows.infer.data` and docs/scaling.md.
