@@ -501,12 +501,13 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
             val = (rows, perm[:n_val])
             perm = perm[n_val:]
         if isinstance(data, Tensor):  # the in-memory fit's fingerprint: resumable either way
-            vx = vc = None
-            if val is not None:
-                vx, vc = val[0].get(val[1])
-            tx, tc = rows.get(perm)
-            ident = "sha256:" + fingerprint([tx, tc, vx, vc])
-            data_id: Callable[[], str] = lambda: ident  # noqa: E731
+
+            def data_id() -> str:
+                vx = vc = None
+                if val is not None:
+                    vx, vc = val[0].get(val[1])
+                tx, tc = rows.get(perm)
+                return "sha256:" + fingerprint([tx, tc, vx, vc])
         else:
             data_id = lambda: _stream_id(rows, [base, len(perm)])  # noqa: E731
         task = _IndexedFitTask(flow, rows, perm, val, data_id=data_id, **common)
