@@ -118,3 +118,25 @@ def test_cli_fit_streams_a_npy_file(tmp_path, capsys, table, monkeypatch):
     np.save(path, bad)
     assert cli.main([str(a) for a in argv]) != 0
     assert "(row 123)" in capsys.readouterr().err
+
+
+def test_dataset_without_getitems_of_rows_and_of_pairs():
+    g = np.random.default_rng(2)
+    x, c = torch.from_numpy(g.normal(size=(120, 2))), torch.from_numpy(g.normal(size=(120, 1)))
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x)
+
+        def __getitem__(self, i):
+            return x[i]
+
+    def run(data, **kw):
+        torch.manual_seed(0)
+        f = pf.MAF(2, context_dim=kw.pop("cdim", 0), num_layers=1, hidden_dims=(8,))
+        pf.fit(f, data, steps=6, batch_size=16, seed=3, progress=False, **kw)
+        return f
+
+    assert _same(run(x), run(Rows())) < 1e-12
+    pairs = TensorDataset(x, c)  # items are (row, context) pairs
+    assert _same(run(x, context=c, cdim=1), run(pairs, cdim=1)) < 1e-12

@@ -83,27 +83,20 @@ class _Rows:
         idx = np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx, dtype=np.int64)
         d = self.data
         if isinstance(d, Dataset):
+            # __getitems__ may return a batch (a tensor, or a (rows, contexts) tuple, as
+            # ArrayRows does) or, as torch's convention, a list of items; items are rows or pairs
             many = getattr(d, "__getitems__", None)
             items = many(idx.tolist()) if many is not None else [d[int(i)] for i in idx]
-            if (
-                isinstance(items, (list, tuple))
-                and items
-                and (isinstance(items[0], (tuple, list)) or not isinstance(items, Tensor))
-            ):
-                if (
-                    self.paired
-                    and isinstance(items, (list, tuple))
-                    and len(items) == 2
-                    and not (isinstance(items[0], (tuple, list)))
-                ):
-                    x, c = items
-                elif self.paired:
-                    x = torch.stack([_as(i[0]) for i in items])
-                    c = torch.stack([_as(i[1]) for i in items])
-                else:
-                    x, c = torch.stack([_as(i) for i in items]), None
+            c = None
+            if isinstance(items, Tensor):
+                x = items
+            elif isinstance(items, tuple) and len(items) == 2 and self.paired:
+                x, c = items
+            elif self.paired:
+                x = torch.stack([_as(i[0]) for i in items])
+                c = torch.stack([_as(i[1]) for i in items])
             else:
-                x, c = items, None
+                x = torch.stack([_as(i) for i in items])
             return self._t(x), None if c is None else self._t(c)
         x = d[torch.from_numpy(idx)] if isinstance(d, Tensor) else d[idx]
         c = self.context
