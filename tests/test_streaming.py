@@ -140,3 +140,14 @@ def test_dataset_without_getitems_of_rows_and_of_pairs():
     assert _same(run(x), run(Rows())) < 1e-12
     pairs = TensorDataset(x, c)  # items are (row, context) pairs
     assert _same(run(x, context=c, cdim=1), run(pairs, cdim=1)) < 1e-12
+
+
+def test_streamed_val_data_is_checked(table, tmp_path):
+    x, path = table
+    bad = x[:50].copy()
+    bad[7, 2] = np.nan
+    np.save(tmp_path / "val.npy", bad)
+    with pytest.raises(ValueError, match=r"val_data has 1 row with NaN/Inf \(row 7\)"):
+        _fit(open_npy(path), val_data=open_npy(tmp_path / "val.npy"))
+    with pytest.raises(ValueError, match=r"val_data has 1 row with NaN/Inf \(row 7\)"):
+        _fit(open_npy(path), val_data=bad)

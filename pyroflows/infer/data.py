@@ -485,7 +485,15 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
         val: Any = None
         vf = o["val_fraction"]
         if o["val_data"] is not None:
-            vrows = _Rows(o["val_data"], o["val_context"], dtype, dev)
+            vd, vcx = o["val_data"], o["val_context"]
+            if not is_streamed(vd):
+                vd = check_rows(vd, "val_data", shape, dtype=dtype, device=dev)
+                if vcx is not None:
+                    vcx = check_rows(vcx, "val_context", (cdim,), dtype=dtype, device=dev,
+                                     rows=len(vd), rows_of="val_data")  # fmt: skip
+            elif o["check_data"]:
+                scan_rows(_Rows(vd, vcx, dtype, dev).chunks("data"), name="val_data", shape=shape)
+            vrows = _Rows(vd, vcx, dtype, dev)
             val = (vrows, torch.arange(vrows.n))
         elif vf > 0 and n >= 2:
             n_val = min(max(1, round(n * vf)), n - 1)
