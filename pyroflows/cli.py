@@ -70,6 +70,8 @@ FLOW_CHOICES = _vector_presets()
 _COUPLING = {"realnvp", "nice", "glow"}
 #: ``--objective`` names -> :func:`pyroflows.fit` objectives.
 OBJECTIVES = {"nll": "nll", "flow-matching": "flow_matching"}
+#: .npy files larger than this are memory-mapped by `pyroflows fit` (issue 15); --stream forces it.
+STREAM_BYTES = 256 * 2**20
 
 
 class CLIError(Exception):
@@ -275,7 +277,21 @@ def _load_finite_table(path: str) -> tuple[np.ndarray, list[str]]:
 def _cmd_fit(args: argparse.Namespace) -> int:
     import pyroflows as pf
 
-    x, columns = _load_finite_table(args.data)
+    # ---- issue 15 hook: a large (or --stream) .npy is memory-mapped, never loaded whole
+    stream = args.data.lower().endswith(".npy") and (
+        args.stream or os.path.getsize(args.data) > STREAM_BYTES
+    )
+    if stream:
+        from pyroflows.datasets.streaming import open_npy
+
+        try:
+            x = open_npy(args.data)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+        columns = [f"x{j}" for j in range(x.shape[1])]
+    else:
+        x, columns = _load_finite_table(args.data)
+    # ---- end of hook
     n, d = x.shape
     if args.flow in _COUPLING and d < 2:
         raise CLIError(
@@ -302,13 +318,28 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     opts = dict(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     opts |= dict(objective=OBJECTIVES[objective], warmup=args.warmup)
     opts |= dict(lr_schedule=None if args.lr_schedule == "constant" else args.lr_schedule)
-    out = fit_table(flow, x, val_fraction=args.val_fraction, progress=not args.no_progress, **opts)
+    if stream:  # issue 15 hook
+        from pyroflows.datasets.streaming import fit_npy
+
+        try:
+            out = fit_npy(flow, x, val_fraction=args.val_fraction, prepare=_exact_divergence,
+                          progress=not args.no_progress, **opts)  # fmt: skip
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+    else:
+        out = fit_table(
+            flow, x, val_fraction=args.val_fraction, progress=not args.no_progress, **opts
+        )
     history = out["history"]
     if history.diverged:
         print(f"warning: training diverged: {history.message}", file=sys.stderr)
     meta = {k: out[k] for k in ("train_nll", "val_nll", "n_train", "n_val")}
     meta |= dict(source=str(args.data), family=args.flow, steps=history.steps, seed=args.seed)
     meta |= dict(objective=objective)
+    from pyroflows.infer.distributed import rank  # issue 15 hook: under torchrun, rank 0 saves
+
+    if rank() != 0:
+        return 0
     st = out["standardizer"]  # part of the saved model: pf.load(out).log_prob(raw rows) works
     pf.save(flow.standardize_(mean=st.mean, std=st.std), args.out, columns=columns, **meta)
     val = "n/a" if out["val_nll"] is None else f"{out['val_nll']:.4f}"
@@ -469,6 +500,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="{fit,sample,score,demo}")
     f = sub.add_parser("fit", help="fit a flow to a CSV/TSV/NPY table and save it")
     f.add_argument("data", help="CSV (header optional), TSV or .npy file; one row per example")
+    f.add_argument(
+        "--stream",
+        action="store_true",
+        help="memory-map a .npy file and read it a minibatch at a time (automatic above 256 MiB)",
+    )
     f.add_argument("--flow", choices=sorted(FLOW_CHOICES), default="maf", help="flow family")
     f.add_argument("--layers", type=_positive(int), default=None, help="number of layers")
     f.add_argument(

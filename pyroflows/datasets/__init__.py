@@ -1,6 +1,8 @@
-"""Data: toy 2-D generators with exact densities, VI targets, bundled images, tabular files."""
+"""Data: toy 2-D generators with exact densities, VI targets, bundled images, tabular files,
+and tables larger than memory (memory-mapped .npy, CSV in chunks: :mod:`.streaming`)."""
 
 from .images import DIGITS_LEVELS, digits, read_idx
+from .streaming import ArrayRows, CsvRows, csv_chunks, csv_to_npy, open_npy, scan_rows
 from .tabular import Standardizer, check_rows, load_table
 from .targets import (
     EIGHT_SCHOOLS_SIGMA,
@@ -41,11 +43,15 @@ __all__ = [
     "OPTIMAL_NLL",
     "TOY_DATASETS",
     "VI_TARGETS",
+    "ArrayRows",
+    "CsvRows",
     "Standardizer",
     "VITarget",
     "check_rows",
     "checkerboard",
     "constrained",
+    "csv_chunks",
+    "csv_to_npy",
     "digits",
     "eight_gaussians",
     "eight_schools",
@@ -58,8 +64,10 @@ __all__ = [
     "load_table",
     "logistic_regression",
     "logistic_regression_reference",
+    "open_npy",
     "read_idx",
     "rings",
+    "scan_rows",
     "spirals",
     "toy_data",
     "toy_log_density",

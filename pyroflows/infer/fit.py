@@ -13,6 +13,7 @@ early stopping, progress bar) lives in :mod:`pyroflows.infer.engine` and is shar
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -322,6 +323,8 @@ def fit(
     objective: str | Objective = "nll",
     objective_kwargs: dict[str, Any] | None = None,
     regularization: dict[str, float] | None = None,
+    distributed: bool | None = None,
+    check_data: bool = True,
     **options: Any,
 ) -> History:
     """Fit ``flow`` to ``data`` by maximum likelihood (or another ``objective``).
@@ -349,6 +352,19 @@ def fit(
             and ``sum(weight * value)`` is added to the training loss (not to the validation
             loss). All reported values are recorded in ``History.regularization``, and the
             ``nfe`` of modules that have one in ``History.nfe``.
+        distributed: ``None`` (default): train data-parallel when a ``torch.distributed``
+            process group is initialised, or initialise it when ``torchrun`` started this
+            process with ``WORLD_SIZE`` > 1; ``True``:
+            also initialise one from torchrun's environment variables (``gloo`` on the CPU,
+            ``nccl`` on GPUs); ``False``: one process. Then ``batch_size`` is per process; see
+            :mod:`pyroflows.infer.data` and docs/scaling.md.
+        check_data: scan a streamed ``data`` source for NaN/Inf rows first (in chunks).
+
+    ``data`` may also be a memory-mapped array (:func:`pyroflows.datasets.open_npy`), a
+    ``torch.utils.data.Dataset`` of rows or ``(row, context)`` pairs (read by index, a minibatch
+    at a time, with the same validation split and batch order as the in-memory fit), an
+    ``IterableDataset`` or a ``DataLoader`` (consumed in its own order; validation then comes
+    from ``val_data`` only): see :mod:`pyroflows.infer.data`.
         **options: the training loop's options, documented in
             :class:`~pyroflows.infer.LoopConfig`: ``steps``, ``lr`` (default 1e-3),
             ``optimizer``, ``lr_schedule``, ``warmup``, ``weight_decay``, ``clip_grad``,
@@ -393,6 +409,28 @@ def fit(
     dtype, dev = _reference(flow)
     shape = tuple(flow.event_shape)
     context_dim = int(getattr(flow, "context_dim", 0) or 0)
+    # ---- issue 15 hook: Datasets, DataLoaders, memory maps, torch.distributed (infer/data.py)
+    from .data import fit_streamed, is_streamed
+    from .distributed import setup as _dist_setup
+
+    if is_streamed(data) or _dist_setup(distributed, dev).active:
+        opts = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        opts.update(
+            context=context,
+            epochs=epochs,
+            batch_size=batch_size,
+            val_fraction=val_fraction,
+            val_data=val_data,
+            val_context=val_context,
+            objective=objective,
+            objective_kwargs=objective_kwargs,
+            regularization=regularization,
+            distributed=distributed,
+            check_data=check_data,
+        )
+        opts.update(dtype=dtype, device=dev, shape=shape, context_dim=context_dim)
+        return fit_streamed(flow, data, **opts)
+    # ---- end of hook
     x = check_rows(data, "data", shape, dtype=dtype, device=dev)
 
     def _context(c: Any, name: str, rows: int, rows_of: str) -> Tensor | None:

@@ -175,6 +175,8 @@ class Loop:
         set_rng_state(ckpt["rng"])
 
     def _checkpoint(self, next_step: int) -> None:
+        if not getattr(self.task, "writes_checkpoints", True):  # issue 15 hook: rank 0 writes
+            return
         payload = {
             "format": CHECKPOINT_FORMAT,
             "kind": self.task.kind,
@@ -222,6 +224,8 @@ class Loop:
             )
         self._add_new_parameters()
         total.backward()
+        if hasattr(self.task, "after_backward"):  # issue 15 hook: average gradients over ranks
+            self.task.after_backward(self.params)
         norm = _grad_norm(self.params, self.cfg.clip_grad)
         tensors = {k: v for k, v in extras.items() if isinstance(v, Tensor)}
         row = [
@@ -350,6 +354,9 @@ class Loop:
                         h.message = (
                             h.message or f"stopped by callback {getattr(cb, '__name__', cb)}"
                         )
+                if hasattr(task, "any_rank") and task.any_rank(h.stopped_early):  # issue 15 hook
+                    h.stopped_early = True  # a stop on one rank stops every rank, together
+                    h.message = h.message or "stopped by a callback on another rank"
                 step += 1
                 if cfg.checkpoint is not None and step % cfg.checkpoint_every == 0:
                     h.wall_time += time.perf_counter() - t0

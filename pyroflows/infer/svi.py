@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from ..flows import FlowDistribution
 from ..transforms.base import FlowTransform
 from .config import LOOP_OPTIONS, loop_config, unexpected_keyword, whole_number
+from .distributed import svi_task
 from .engine import History, Run
 
 __all__ = ["TraceSTL_ELBO", "anneal_beta", "fit_svi"]
@@ -376,6 +377,7 @@ def fit_svi(
     anneal: int = 0,
     final_check: bool = True,
     num_check_samples: int = 1000,
+    distributed: bool | None = None,
     **kwargs: Any,
 ) -> History:
     """Fit ``guide`` (any Pyro guide, e.g. :class:`pyroflows.AutoFlow` or Pyro's autoguides) and
@@ -406,6 +408,13 @@ def fit_svi(
             history, guide)``); ``eval_every`` and ``patience`` are ``fit``'s (there is no
             validation loss here). The other keywords go to the model and the guide; one the
             model cannot take raises a ``TypeError`` naming the closest option.
+        distributed: data-parallel over a ``torch.distributed`` process group (``None``: when
+            one is initialised; ``True``: initialise it from torchrun's variables): gradients
+            are averaged over the processes, losses all-reduced, checkpoints written by rank 0;
+            every process draws the same guide noise, and a subsampled ``pyro.plate``
+            (``subsample_size`` per process) takes its share of one seeded global subsample. With
+            ``seed`` given, subsample indices are a function of (seed, step, plate), also in one
+            process. See docs/scaling.md.
 
     Returns:
         :class:`~pyroflows.infer.History`: ``train_loss`` is the negative ELBO estimate per
@@ -465,6 +474,7 @@ def fit_svi(
             what="particles",
             stacklevel=2,
         )
+    task = svi_task(task, distributed, cfg.seed)  # issue 15 hook: torch.distributed, subsamples
     history = run.train(task)
     if final_check and not history.diverged:
         _final_check(history, model, guide, args, kwargs, num_check_samples)
