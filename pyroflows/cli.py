@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .flows import FLOWS
+from .infer.table import exact_divergence, fit_table
 from .nn import default_hidden_dims
 
 __all__ = ["FLOW_CHOICES", "main"]
@@ -93,15 +94,6 @@ def _hidden(text: str) -> tuple[int, ...]:
             f"expected comma-separated positive sizes like 128,128; got {text!r}"
         )
     return dims
-
-
-def _exact_divergence(flow: torch.nn.Module) -> None:
-    """Score continuous flows with the exact divergence (no Hutchinson noise in the output)."""
-    from pyroflows.transforms import ContinuousFlow
-
-    for module in flow.modules():
-        if isinstance(module, ContinuousFlow):
-            module.set_divergence("exact")
 
 
 def _positive(kind: type, *, zero: bool = False) -> Any:
@@ -206,60 +198,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
 # ---- fit ---------------------------------------------------------------------------------------
 
 
-def fit_table(
-    flow: torch.nn.Module, x: np.ndarray, *, val_fraction: float = 0.1, seed: int = 0, **kw: Any
-) -> dict[str, Any]:
-    """Standardise a finite table, fit ``flow`` with :func:`pyroflows.fit` (``kw`` go there;
-    ``progress`` is off unless given), hold out ``val_fraction`` of the rows, and measure NLLs.
-
-    ``flow`` is fitted to the standardised rows z and models z on return; attach the
-    standardiser with ``flow.standardize_(mean=st.mean, std=st.std)`` (what ``pyroflows fit``
-    does before saving) to make it model the original units.
-
-    Returns:
-        ``standardizer``, ``history``, and ``train_nll``/``val_nll`` (mean NLL per row in the
-        original units, on the training and held-out rows; ``val_nll`` is None without them).
-
-    Example:
-        >>> import math, pyroflows as pf
-        >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(2000, 2))
-        >>> flow = pf.MAF(2, num_layers=2, hidden_dims=(8,))
-        >>> out = fit_table(flow, x, steps=50, lr=1e-2, seed=0)
-        >>> entropy = math.log(2 * math.pi * math.e * 2.0**2)   # of N(3, 2^2 I): 4.22 nats
-        >>> sorted(out), out["n_val"], abs(out["val_nll"] - entropy) < 0.15
-        (['history', 'n_train', 'n_val', 'standardizer', 'train_nll', 'val_nll'], 200, True)
-    """
-    import pyroflows as pf
-    from pyroflows.datasets import Standardizer
-
-    st = Standardizer.fit(x)
-    if st.constant:
-        raise CLIError(
-            f"column(s) {', '.join(str(j + 1) for j in st.constant)} are constant; a density "
-            "over a constant column does not exist, so drop those columns"
-        )
-    z = torch.as_tensor(st.transform(x), dtype=next(flow.parameters()).dtype)
-    n_val = round(len(z) * val_fraction)
-    if not 0 <= val_fraction < 1 or (val_fraction > 0 and not 1 <= n_val < len(z)):
-        raise CLIError(f"--val-fraction {val_fraction} must leave training and validation rows")
-    perm = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))
-    train, val = z[perm[n_val:]], (z[perm[:n_val]] if n_val else None)
-    kw.setdefault("progress", False)
-    history = pf.fit(flow, train, val_data=val, val_fraction=0.0, seed=seed, **kw)
-    flow.eval()
-    _exact_divergence(flow)
-
-    def nll(rows: torch.Tensor | None) -> float | None:
-        if rows is None:
-            return None
-        with torch.no_grad():
-            lp = torch.cat([flow.log_prob(b).double() for b in rows.split(4096)])
-        return float(-lp.mean()) + st.log_det
-
-    out = dict(train_nll=nll(train), val_nll=nll(val), n_train=len(train), n_val=n_val)
-    return {"standardizer": st, "history": history, **out}
-
-
 def _load_finite_table(path: str) -> tuple[np.ndarray, list[str]]:
     from pyroflows.datasets import check_rows, load_table
 
@@ -322,7 +260,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         from pyroflows.datasets.streaming import fit_npy
 
         try:
-            out = fit_npy(flow, x, val_fraction=args.val_fraction, prepare=_exact_divergence,
+            out = fit_npy(flow, x, val_fraction=args.val_fraction, prepare=exact_divergence,
                           progress=not args.no_progress, **opts)  # fmt: skip
         except ValueError as exc:
             raise CLIError(str(exc)) from exc
@@ -387,7 +325,7 @@ def _load_model(path: str) -> tuple[Any, Any, list[str]]:
         flow.standardize_(mean=old.mean, std=old.std)
     st = Standardizer(np.zeros(d), np.ones(d))  # identity: the flow takes original units
     flow.eval()
-    _exact_divergence(flow)
+    exact_divergence(flow)
     return flow, st, list(columns)
 
 

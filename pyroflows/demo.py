@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ._optional import require
-from .cli import fit_table
+from .infer.table import fit_table
 
 __all__ = ["run_demo"]
 

@@ -261,7 +261,7 @@ def fit_npy(
     prepare: Any = None,
     **kw: Any,
 ) -> dict[str, Any]:
-    """``pyroflows fit big.npy``: what the command's ``fit_table`` does, without loading the
+    """``pyroflows fit big.npy``: what :func:`pyroflows.infer.table.fit_table` does, without loading the
     file: memory-map it, check it for NaN/Inf rows in chunks (naming them by row number, from
     0), standardise with column means and deviations computed in chunks, fit on the rows read
     a minibatch at a time (``pf.fit``'s seeded index split holds out ``val_fraction``), and

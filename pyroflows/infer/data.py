@@ -496,11 +496,10 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
             vrows = _Rows(vd, vcx, dtype, dev)
             val = (vrows, torch.arange(vrows.n))
         elif vf > 0 and n >= 2:
-            n_val = min(max(1, round(n * vf)), n - 1)
-            g = torch.Generator().manual_seed(base)
-            perm = torch.randperm(n, generator=g, dtype=_index_dtype(n))
-            val = (rows, perm[:n_val])
-            perm = perm[n_val:]
+            from .fit import validation_split
+
+            perm, held = validation_split(n, vf, base, dtype=_index_dtype(n))
+            val = (rows, held)
         if isinstance(data, Tensor):  # the in-memory fit's fingerprint: resumable either way
 
             def data_id() -> str:

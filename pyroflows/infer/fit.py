@@ -136,6 +136,25 @@ def describe_model(flow: nn.Module) -> dict[str, Any]:
     return {"class": type(flow).__name__}
 
 
+def validation_split(
+    n: int, val_fraction: float, seed: int, *, dtype: torch.dtype = torch.int64
+) -> tuple[Tensor, Tensor]:
+    """The rows :func:`fit` trains on and holds out: ``(train_indices, val_indices)``.
+
+    The one rule for every caller (in-memory, streamed and table fits): a permutation of
+    ``range(n)`` seeded by ``seed``, whose first ``min(max(1, round(n * val_fraction)), n - 1)``
+    rows are held out (none when ``val_fraction`` is 0 or ``n < 2``).
+
+    Example:
+        >>> train, val = validation_split(10, 0.2, seed=0)
+        >>> len(train), len(val), sorted(torch.cat([train, val]).tolist()) == list(range(10))
+        (8, 2, True)
+    """
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
+    n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 and n >= 2 else 0
+    return perm[n_val:], perm[:n_val]
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
@@ -456,10 +475,9 @@ def fit(
     elif val_context is not None:
         raise ValueError("val_context goes with val_data")
     elif val_fraction > 0 and len(x) >= 2:
-        n_val = min(max(1, round(len(x) * val_fraction)), len(x) - 1)
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(run.seed)).to(dev)
-        val = (x[perm[:n_val]], None if c is None else c[perm[:n_val]])
-        x, c = x[perm[n_val:]], None if c is None else c[perm[n_val:]]
+        keep, held = (i.to(dev) for i in validation_split(len(x), val_fraction, run.seed))
+        val = (x[held], None if c is None else c[held])
+        x, c = x[keep], None if c is None else c[keep]
     if cfg.patience is not None and val is None:
         raise ValueError("patience needs validation data: set val_fraction > 0 or pass val_data")
 
