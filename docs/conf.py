@@ -190,6 +190,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"(Tensor|Transform|Module|nn\.Module)"),
     # the standard library (no intersphinx to docs.python.org either)
     (r"py:class", r"(collections\.abc|pathlib|os)\.\w+"),
+    (r"py:class", r"Path"),  # pathlib.Path as written in type hints
     # private helpers of pyroflows shown as base classes or in type hints; no page by design
     (r"py:.*", r"pyroflows(\.\w+)*\._\w+"),
     # a type alias in a signature (autodoc prints the alias name, which has no page)

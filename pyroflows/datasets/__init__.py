@@ -1,5 +1,5 @@
 """Data: toy 2-D generators with exact densities, VI targets, bundled images, tabular files,
-and tables larger than memory (memory-mapped .npy, CSV in chunks: :mod:`.streaming`)."""
+and tables larger than memory (memory-mapped .npy, CSV in chunks: ``pyroflows.datasets.streaming``)."""
 
 from .images import DIGITS_LEVELS, digits, read_idx
 from .streaming import ArrayRows, CsvRows, csv_chunks, csv_to_npy, open_npy, scan_rows

@@ -197,7 +197,7 @@ def compressed_bits(
         x: ``(N, ...)`` inputs.
         levels: number of integer levels of image data (values ``0 .. levels-1``).
         precision: quantisation step for continuous data (needed when ``levels`` is not given).
-        compressor: one of :data:`COMPRESSORS`.
+        compressor: one of ``COMPRESSORS`` (``zlib``, ``bz2``, ``lzma``).
 
     Returns:
         A float64 tensor of ``N`` lengths in bits (8 times the compressed byte count).

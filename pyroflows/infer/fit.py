@@ -376,20 +376,20 @@ def fit(
             process with ``WORLD_SIZE`` > 1; ``True``:
             also initialise one from torchrun's environment variables (``gloo`` on the CPU,
             ``nccl`` on GPUs); ``False``: one process. Then ``batch_size`` is per process; see
-            :mod:`pyroflows.infer.data` and docs/scaling.md.
+            ``pyroflows.infer.data`` and docs/scaling.md.
         check_data: scan a streamed ``data`` source for NaN/Inf rows first (in chunks).
-
-    ``data`` may also be a memory-mapped array (:func:`pyroflows.datasets.open_npy`), a
-    ``torch.utils.data.Dataset`` of rows or ``(row, context)`` pairs (read by index, a minibatch
-    at a time, with the same validation split and batch order as the in-memory fit), an
-    ``IterableDataset`` or a ``DataLoader`` (consumed in its own order; validation then comes
-    from ``val_data`` only): see :mod:`pyroflows.infer.data`.
         **options: the training loop's options, documented in
             :class:`~pyroflows.infer.LoopConfig`: ``steps``, ``lr`` (default 1e-3),
             ``optimizer``, ``lr_schedule``, ``warmup``, ``weight_decay``, ``clip_grad``,
             ``eval_every``, ``patience``, ``progress``, ``seed``, ``checkpoint``,
             ``checkpoint_every``, ``resume``, ``callbacks`` (``cb(step, history, flow)``). An
             unknown keyword raises a ``TypeError`` naming the closest option.
+
+    ``data`` may also be a memory-mapped array (:func:`pyroflows.datasets.open_npy`), a
+    ``torch.utils.data.Dataset`` of rows or ``(row, context)`` pairs (read by index, a minibatch
+    at a time, with the same validation split and batch order as the in-memory fit), an
+    ``IterableDataset`` or a ``DataLoader`` (consumed in its own order; validation then comes
+    from ``val_data`` only): see ``pyroflows.infer.data``.
 
     Returns:
         The :class:`~pyroflows.infer.History` (train/validation losses, best step, rollbacks...).

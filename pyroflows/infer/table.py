@@ -42,7 +42,7 @@ def fit_table(
 ) -> dict[str, Any]:
     """Standardise a finite table, fit ``flow`` with :func:`~pyroflows.fit` (``kw`` go there;
     ``progress`` is off unless given; ``fit`` holds out ``val_fraction`` of the rows by its own
-    rule, :func:`~pyroflows.infer.fit.validation_split`), and measure NLLs in the table's units.
+    rule, ``pyroflows.infer.fit.validation_split``), and measure NLLs in the table's units.
 
     ``flow`` is fitted to the standardised rows z and models z on return; attach the
     standardiser with ``flow.standardize_(mean=st.mean, std=st.std)`` (what ``pyroflows fit``
