@@ -424,7 +424,7 @@ def digits_data(val: int = 144) -> tuple[Data, Tensor, Tensor]:
     tr, te = digits("train"), digits("test")
     y = dequantize(tr[:-val], levels=DIGITS_LEVELS, generator=torch.Generator().manual_seed(7))
     y = y.flatten(1).float()
-    data = Data("digits", tr[:-val], tr[-val:], te, 0.0)
+    data = Data("digits", tr[:-val].float(), tr[-val:].float(), te.float(), 0.0)
     return data, y.mean(0), y.std(0)
 
 
@@ -487,7 +487,7 @@ def run_quality(args: argparse.Namespace, log: Callable[[str], None]) -> list[di
                         batch=batch,
                         lr=args.lr,
                         seed=seed,
-                        eval_every=args.eval_every,
+                        eval_every=10 if ds == "wine" else args.eval_every,
                     )
                     rec = {
                         "form": form,
@@ -585,15 +585,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--contenders",
         nargs="+",
-        default=["pyroflows", "zuko", "nflows", "pyro"],
+        default=["pyroflows", "zuko", "nflows", "pyro", "pyroflows init-torch"],
         help="libraries and/or 'pyroflows init-torch'",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--moons-steps", type=int, default=500)
-    p.add_argument("--wine-steps", type=int, default=500)
-    p.add_argument("--digits-steps", type=int, default=500)
+    p.add_argument("--moons-steps", type=int, default=400)
+    p.add_argument("--wine-steps", type=int, default=300)
+    p.add_argument("--digits-steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=50, help="(wine: every 10 steps)")
     p.add_argument("--jsonl", help="append every finished quality run to this file")
     p.add_argument("--combine", nargs="+", metavar="JSONL", help="report these runs, no training")
     args = p.parse_args(argv)
@@ -623,7 +623,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         print(s, flush=True)
 
     if args.part == "speed":
-        results = [r for form in args.forms for dim in args.dims for r in run_speed(form, dim, args, log)]
+        results = [
+            r for form in args.forms for dim in args.dims for r in run_speed(form, dim, args, log)
+        ]
         body = [speed_table(results, args.libraries), "", "Parameter counts:", "",
                 params_table(results)]  # fmt: skip
     else:

@@ -94,12 +94,24 @@ def additive(
     return (x - shift if inverse else x + shift), None
 
 
-def _knots(raw: Tensor, min_size: float, bound: float) -> tuple[Tensor, Tensor]:
-    """Bin sizes ``m + (1 - K m) softmax(raw)`` scaled to ``[-B, B]``: (knots, sizes)."""
-    size = min_size + (1 - min_size * raw.shape[-1]) * torch.softmax(raw, dim=-1)
-    knots = F.pad(torch.cumsum(size, dim=-1), (1, 0)) * (2 * bound) - bound
+def _along(fn: Callable[..., Tensor], t: Tensor, dim: int) -> Tensor:
+    """``fn(t, dim)``, run on the last axis when ``dim`` can be moved there without a copy (the
+    last-axis kernels of softmax/cumsum are much faster than the strided ones)."""
+    last = t.movedim(dim, -1)
+    if dim != -1 and last.is_contiguous():
+        return fn(last, -1).movedim(-1, dim)
+    return fn(t, dim)
+
+
+def _knots(raw: Tensor, min_size: float, bound: float, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """Bin sizes ``m + (1 - K m) softmax(raw)`` along ``dim`` scaled to ``[-B, B]``:
+    (knots, sizes)."""
+    size = min_size + (1 - min_size * raw.shape[dim]) * _along(torch.softmax, raw, dim)
+    knots = _along(torch.cumsum, size, dim).movedim(dim, -1)
+    knots = F.pad(knots, (1, 0)) * (2 * bound) - bound
     knots[..., 0], knots[..., -1] = -bound, bound  # exact ends despite rounding
-    return knots, knots[..., 1:] - knots[..., :-1]
+    knots = knots.movedim(-1, dim)
+    return knots, knots.diff(dim=dim)
 
 
 def rational_quadratic_spline(
@@ -153,25 +165,41 @@ def rational_quadratic_spline(
         >>> rational_quadratic_spline(y, p, inverse=True, bins=2, bound=1.0)[0]
         tensor([0.3000])
     """
-    p = torch.stack(params, dim=-1)
-    shape = torch.broadcast_shapes(x.shape, p.shape[:-1])
-    x, p = x.expand(shape), p.expand(*shape, p.shape[-1])
-    xs, ys = (
-        _knots(p[..., :bins], min_width, bound),
-        _knots(p[..., bins : 2 * bins], min_height, bound),
-    )
+    shape = torch.broadcast_shapes(x.shape, *(q.shape for q in params))
+    if not shape:  # a scalar: give it the one axis the layout below needs
+        y, ld = rational_quadratic_spline(
+            x.reshape(1),
+            tuple(q.reshape(1) for q in params),
+            inverse=inverse,
+            bins=bins,
+            bound=bound,
+            min_width=min_width,
+            min_height=min_height,
+            min_derivative=min_derivative,
+        )
+        return y.reshape(()), ld.reshape(())
+    # Layout: the 3K - 1 parameters on axis -2, the coordinates last, so that softmax, cumsum,
+    # the bin search and the gathers run over contiguous rows of coordinates (stacking on the
+    # last axis instead is an expensive strided copy when a layer transforms many coordinates).
+    x = x.expand(shape)
+    wh = torch.stack([q.expand(shape) for q in params[: 2 * bins]], dim=-2)
+    if min_width == min_height:  # widths and heights in one softmax/cumsum pass
+        knots, _ = _knots(wh.unflatten(-2, (2, bins)), min_width, bound, -2)
+        xs, ys = knots.unbind(-3)
+    else:
+        xs = _knots(wh[..., :bins, :], min_width, bound, -2)[0]
+        ys = _knots(wh[..., bins:, :], min_height, bound, -2)[0]
     shift = math.log(math.expm1(1 - min_derivative))
-    d = min_derivative + F.softplus(p[..., 2 * bins :] + shift)
-    d = F.pad(d, (1, 1), value=1.0)
+    d = torch.stack([q.expand(shape) for q in params[2 * bins :]], dim=-2)
+    d = min_derivative + F.softplus(d + shift)
+    d = F.pad(d, (0, 0, 1, 1), value=1.0)
     inside = (x >= -bound) & (x <= bound)
     v = x.clamp(-bound, bound)
-    knots_in, _ = ys if inverse else xs
-    k = torch.searchsorted(
-        knots_in[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous(), right=True
-    )
-    x_k, w, y_k, h, d0, d1 = (
-        t.gather(-1, k).squeeze(-1) for t in (xs[0], xs[1], ys[0], ys[1], d, d[..., 1:])
-    )
+    # bin index = number of interior knots <= v (searchsorted(right=True) on a short axis)
+    k = ((ys if inverse else xs)[..., 1:-1, :] <= v.unsqueeze(-2)).sum(-2, keepdim=True)
+    k = torch.cat((k, k + 1), dim=-2)
+    (x_k, x_k1), (y_k, y_k1), (d0, d1) = (t.gather(-2, k).unbind(-2) for t in (xs, ys, d))
+    w, h = x_k1 - x_k, y_k1 - y_k
     s = h / w
     delta = d1 + d0 - 2 * s
     if inverse:
@@ -181,14 +209,17 @@ def rational_quadratic_spline(
         c = -s * dy
         disc = (b * b - 4 * a * c).clamp(min=0)
         xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
+        t = xi * (1 - xi)
+        den = s + delta * t
         out = x_k + xi * w
     else:
         xi = (v - x_k) / w
-        out = y_k + h * (s * xi * xi + d0 * xi * (1 - xi)) / (s + delta * xi * (1 - xi))
-    t = xi * (1 - xi)
+        t = xi * (1 - xi)
+        den = s + delta * t
+        out = y_k + h * (s * xi * xi + d0 * t) / den
     num = d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi)
-    logd = 2 * torch.log(s) + torch.log(num) - 2 * torch.log(s + delta * t)
-    return torch.where(inside, out, x), torch.where(inside, logd, torch.zeros_like(logd))
+    logd = torch.log(num) + 2 * torch.log(s / den)
+    return torch.where(inside, out, x), torch.where(inside, logd, 0.0)
 
 
 Transformer = Callable[..., tuple[Tensor, Tensor | None]]
