@@ -78,21 +78,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import warnings
 import json
 import math
 import os
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-warnings.filterwarnings("ignore", message="Inputs to the softmax are not scaled down")
-
 from benchmarks.common import (
     Timing,
     environment,
@@ -112,6 +110,9 @@ from benchmarks.flows import (
     _train_fn,
     check_agreement,
 )
+
+# nflows/normflows warn about every spline coupling they build with a plain MLP
+warnings.filterwarnings("ignore", message="Inputs to the softmax are not scaled down")
 
 LIBRARIES = ("pyroflows", "zuko", "nflows", "normflows", "pyro")
 FORMS = ("coupling", "autoregressive")
@@ -630,7 +631,10 @@ def main(argv: Sequence[str] | None = None) -> str:
                 params_table(results)]  # fmt: skip
     else:
         if args.combine:
-            records = [json.loads(line) for path in args.combine for line in open(path)]
+            records = []
+            for path in args.combine:
+                with open(path) as fh:
+                    records += [json.loads(line) for line in fh]
         else:
             records = run_quality(args, log)
         body = [
