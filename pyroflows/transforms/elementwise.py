@@ -94,24 +94,20 @@ def additive(
     return (x - shift if inverse else x + shift), None
 
 
-def _along(fn: Callable[..., Tensor], t: Tensor, dim: int) -> Tensor:
-    """``fn(t, dim)``, run on the last axis when ``dim`` can be moved there without a copy (the
-    last-axis kernels of softmax/cumsum are much faster than the strided ones)."""
-    last = t.movedim(dim, -1)
-    if dim != -1 and last.is_contiguous():
-        return fn(last, -1).movedim(-1, dim)
-    return fn(t, dim)
-
-
-def _knots(raw: Tensor, min_size: float, bound: float, dim: int = -1) -> tuple[Tensor, Tensor]:
-    """Bin sizes ``m + (1 - K m) softmax(raw)`` along ``dim`` scaled to ``[-B, B]``:
-    (knots, sizes)."""
-    size = min_size + (1 - min_size * raw.shape[dim]) * _along(torch.softmax, raw, dim)
-    knots = _along(torch.cumsum, size, dim).movedim(dim, -1)
-    knots = F.pad(knots, (1, 0)) * (2 * bound) - bound
+def _knots(raw: Tensor, min_size: float, bound: float) -> tuple[Tensor, Tensor]:
+    """Bin sizes ``m + (1 - K m) softmax(raw)`` scaled to ``[-B, B]``: (knots, sizes)."""
+    size = min_size + (1 - min_size * raw.shape[-1]) * torch.softmax(raw, dim=-1)
+    knots = F.pad(torch.cumsum(size, dim=-1), (1, 0)) * (2 * bound) - bound
     knots[..., 0], knots[..., -1] = -bound, bound  # exact ends despite rounding
-    knots = knots.movedim(-1, dim)
-    return knots, knots.diff(dim=dim)
+    return knots, knots[..., 1:] - knots[..., :-1]
+
+
+def _stack_last(params: tuple[Tensor, ...], shape: torch.Size) -> Tensor:
+    """``torch.stack(params, -1)`` broadcast to ``shape + (len(params),)``, built as a stack on
+    axis -2 and one transposed copy: a direct stack on the last axis is a strided scatter
+    that costs about ten times more when a layer transforms many coordinates."""
+    p = torch.stack([q.expand(shape) for q in params], dim=-2).transpose(-1, -2)
+    return p if p.is_contiguous() else p.contiguous()
 
 
 def rational_quadratic_spline(
@@ -178,27 +174,22 @@ def rational_quadratic_spline(
             min_derivative=min_derivative,
         )
         return y.reshape(()), ld.reshape(())
-    # Layout: the 3K - 1 parameters on axis -2, the coordinates last, so that softmax, cumsum,
-    # the bin search and the gathers run over contiguous rows of coordinates (stacking on the
-    # last axis instead is an expensive strided copy when a layer transforms many coordinates).
     x = x.expand(shape)
-    wh = torch.stack([q.expand(shape) for q in params[: 2 * bins]], dim=-2)
+    wh = _stack_last(params[: 2 * bins], shape)
     if min_width == min_height:  # widths and heights in one softmax/cumsum pass
-        knots, _ = _knots(wh.unflatten(-2, (2, bins)), min_width, bound, -2)
-        xs, ys = knots.unbind(-3)
+        xs, ys = _knots(wh.unflatten(-1, (2, bins)), min_width, bound)[0].unbind(-2)
     else:
-        xs = _knots(wh[..., :bins, :], min_width, bound, -2)[0]
-        ys = _knots(wh[..., bins:, :], min_height, bound, -2)[0]
+        xs = _knots(wh[..., :bins], min_width, bound)[0]
+        ys = _knots(wh[..., bins:], min_height, bound)[0]
     shift = math.log(math.expm1(1 - min_derivative))
-    d = torch.stack([q.expand(shape) for q in params[2 * bins :]], dim=-2)
-    d = min_derivative + F.softplus(d + shift)
-    d = F.pad(d, (0, 0, 1, 1), value=1.0)
+    d = min_derivative + F.softplus(_stack_last(params[2 * bins :], shape) + shift)
+    d = F.pad(d, (1, 1), value=1.0)
     inside = (x >= -bound) & (x <= bound)
     v = x.clamp(-bound, bound)
     # bin index = number of interior knots <= v (searchsorted(right=True) on a short axis)
-    k = ((ys if inverse else xs)[..., 1:-1, :] <= v.unsqueeze(-2)).sum(-2, keepdim=True)
-    k = torch.cat((k, k + 1), dim=-2)
-    (x_k, x_k1), (y_k, y_k1), (d0, d1) = (t.gather(-2, k).unbind(-2) for t in (xs, ys, d))
+    k = ((ys if inverse else xs)[..., 1:-1] <= v.unsqueeze(-1)).sum(-1, keepdim=True)
+    k = torch.cat((k, k + 1), dim=-1)
+    (x_k, x_k1), (y_k, y_k1), (d0, d1) = (t.gather(-1, k).unbind(-1) for t in (xs, ys, d))
     w, h = x_k1 - x_k, y_k1 - y_k
     s = h / w
     delta = d1 + d0 - 2 * s
