@@ -592,7 +592,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--moons-steps", type=int, default=400)
     p.add_argument("--wine-steps", type=int, default=300)
-    p.add_argument("--digits-steps", type=int, default=300)
+    p.add_argument("--digits-steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=50, help="(wine: every 10 steps)")
     p.add_argument("--jsonl", help="append every finished quality run to this file")
