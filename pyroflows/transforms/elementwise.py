@@ -143,8 +143,8 @@ def rational_quadratic_spline(
     The inverse solves :math:`a \xi^2 + b \xi + c = 0` with :math:`\Delta = y - y_k`,
     :math:`a = h_k (s - d_k) + \Delta \delta`, :math:`b = h_k d_k - \Delta \delta`,
     :math:`c = -s \Delta`, by the cancellation-free root
-    :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})` (discriminant clamped at 0). Bins are found by
-    ``searchsorted``; the spline is evaluated on inputs clamped to :math:`[-B, B]` and the tails
+    :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})` (discriminant clamped at 0). The bin of a point is
+    the number of interior knots at or below it; the spline is evaluated on inputs clamped to :math:`[-B, B]` and the tails
     selected with ``where``, so all-tail batches, boundary points and huge inputs are safe.
 
     Returns:
