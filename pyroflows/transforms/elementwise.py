@@ -102,6 +102,14 @@ def _knots(raw: Tensor, min_size: float, bound: float) -> tuple[Tensor, Tensor]:
     return knots, knots[..., 1:] - knots[..., :-1]
 
 
+def _stack_last(params: tuple[Tensor, ...], shape: torch.Size) -> Tensor:
+    """``torch.stack(params, -1)`` broadcast to ``shape + (len(params),)``, built as a stack on
+    axis -2 and one transposed copy: a direct stack on the last axis is a strided scatter
+    that costs about ten times more when a layer transforms many coordinates."""
+    p = torch.stack([q.expand(shape) for q in params], dim=-2).transpose(-1, -2)
+    return p if p.is_contiguous() else p.contiguous()
+
+
 def rational_quadratic_spline(
     x: Tensor,
     params: tuple[Tensor, ...],
@@ -135,8 +143,8 @@ def rational_quadratic_spline(
     The inverse solves :math:`a \xi^2 + b \xi + c = 0` with :math:`\Delta = y - y_k`,
     :math:`a = h_k (s - d_k) + \Delta \delta`, :math:`b = h_k d_k - \Delta \delta`,
     :math:`c = -s \Delta`, by the cancellation-free root
-    :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})` (discriminant clamped at 0). Bins are found by
-    ``searchsorted``; the spline is evaluated on inputs clamped to :math:`[-B, B]` and the tails
+    :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac})` (discriminant clamped at 0). The bin of a point is
+    the number of interior knots at or below it; the spline is evaluated on inputs clamped to :math:`[-B, B]` and the tails
     selected with ``where``, so all-tail batches, boundary points and huge inputs are safe.
 
     Returns:
@@ -153,25 +161,36 @@ def rational_quadratic_spline(
         >>> rational_quadratic_spline(y, p, inverse=True, bins=2, bound=1.0)[0]
         tensor([0.3000])
     """
-    p = torch.stack(params, dim=-1)
-    shape = torch.broadcast_shapes(x.shape, p.shape[:-1])
-    x, p = x.expand(shape), p.expand(*shape, p.shape[-1])
-    xs, ys = (
-        _knots(p[..., :bins], min_width, bound),
-        _knots(p[..., bins : 2 * bins], min_height, bound),
-    )
+    shape = torch.broadcast_shapes(x.shape, *(q.shape for q in params))
+    if not shape:  # a scalar: give it the one axis the layout below needs
+        y, ld = rational_quadratic_spline(
+            x.reshape(1),
+            tuple(q.reshape(1) for q in params),
+            inverse=inverse,
+            bins=bins,
+            bound=bound,
+            min_width=min_width,
+            min_height=min_height,
+            min_derivative=min_derivative,
+        )
+        return y.reshape(()), ld.reshape(())
+    x = x.expand(shape)
+    wh = _stack_last(params[: 2 * bins], shape)
+    if min_width == min_height:  # widths and heights in one softmax/cumsum pass
+        xs, ys = _knots(wh.unflatten(-1, (2, bins)), min_width, bound)[0].unbind(-2)
+    else:
+        xs = _knots(wh[..., :bins], min_width, bound)[0]
+        ys = _knots(wh[..., bins:], min_height, bound)[0]
     shift = math.log(math.expm1(1 - min_derivative))
-    d = min_derivative + F.softplus(p[..., 2 * bins :] + shift)
+    d = min_derivative + F.softplus(_stack_last(params[2 * bins :], shape) + shift)
     d = F.pad(d, (1, 1), value=1.0)
     inside = (x >= -bound) & (x <= bound)
     v = x.clamp(-bound, bound)
-    knots_in, _ = ys if inverse else xs
-    k = torch.searchsorted(
-        knots_in[..., 1:-1].contiguous(), v.unsqueeze(-1).contiguous(), right=True
-    )
-    x_k, w, y_k, h, d0, d1 = (
-        t.gather(-1, k).squeeze(-1) for t in (xs[0], xs[1], ys[0], ys[1], d, d[..., 1:])
-    )
+    # bin index = number of interior knots <= v (searchsorted(right=True) on a short axis)
+    k = ((ys if inverse else xs)[..., 1:-1] <= v.unsqueeze(-1)).sum(-1, keepdim=True)
+    k = torch.cat((k, k + 1), dim=-1)
+    (x_k, x_k1), (y_k, y_k1), (d0, d1) = (t.gather(-1, k).unbind(-1) for t in (xs, ys, d))
+    w, h = x_k1 - x_k, y_k1 - y_k
     s = h / w
     delta = d1 + d0 - 2 * s
     if inverse:
@@ -181,14 +200,17 @@ def rational_quadratic_spline(
         c = -s * dy
         disc = (b * b - 4 * a * c).clamp(min=0)
         xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
+        t = xi * (1 - xi)
+        den = s + delta * t
         out = x_k + xi * w
     else:
         xi = (v - x_k) / w
-        out = y_k + h * (s * xi * xi + d0 * xi * (1 - xi)) / (s + delta * xi * (1 - xi))
-    t = xi * (1 - xi)
+        t = xi * (1 - xi)
+        den = s + delta * t
+        out = y_k + h * (s * xi * xi + d0 * t) / den
     num = d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi)
-    logd = 2 * torch.log(s) + torch.log(num) - 2 * torch.log(s + delta * t)
-    return torch.where(inside, out, x), torch.where(inside, logd, torch.zeros_like(logd))
+    logd = torch.log(num) + 2 * torch.log(s / den)
+    return torch.where(inside, out, x), torch.where(inside, logd, 0.0)
 
 
 Transformer = Callable[..., tuple[Tensor, Tensor | None]]
