@@ -145,7 +145,7 @@ class _IndexedFitTask:
         group: Group,
         data_id: Callable[[], str],
     ) -> None:
-        from .fit import describe_model
+        from .fit import Regularization, describe_model
 
         self.flow = self.target = flow
         self.rows, self.train, self.val = rows, train, val
@@ -157,11 +157,7 @@ class _IndexedFitTask:
         self.per_epoch = max(1, len(train) // self.global_batch)
         self.seed = seed
         self.objective = objective
-        self.weights = regularization
-        self.reg_modules = [
-            m for m in flow.modules() if callable(getattr(m, "regularization", None))
-        ]
-        self._checked = not regularization
+        self.regularize = Regularization(flow, regularization)
         self._named = [(n, p) for n, p in flow.named_parameters() if p.requires_grad]
         self._state = flow.state_dict(keep_vars=True)
         self._model = describe_model(flow)
@@ -226,24 +222,7 @@ class _IndexedFitTask:
             raise NonFiniteError(failed)
         else:
             mean = None
-        total, extras = value, {}
-        reg: dict[str, Tensor] = {}
-        for m in self.reg_modules:
-            for name, v in m.regularization().items():
-                reg[name] = reg[name] + v if name in reg else v
-        if not self._checked:
-            missing = set(self.weights) - set(reg)
-            if missing:
-                raise ValueError(
-                    f"regularization names {sorted(missing)} are not reported by any module of "
-                    f"the flow; available: {sorted(reg) or 'none'}"
-                )
-            self._checked = True
-        for name, v in reg.items():
-            w = self.weights.get(name, 0.0)
-            if w:
-                total = total + w * v
-            extras["reg:" + name] = v
+        total, extras = self.regularize(value)
         record = value if mean is None else mean.to(value.dtype).detach()  # type: ignore[union-attr]
         return total, record, extras  # type: ignore[return-value]
 

@@ -159,6 +159,46 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
+class Regularization:
+    """Adds ``sum(weight * value)`` of the penalties that the flow's modules report (a
+    ``regularization()`` method returning ``{name: value}``, e.g. a CNF's kinetic energy) to a
+    loss; every reported value goes to the step's extras as ``"reg:<name>"``.
+
+    Example:
+        >>> import pyroflows as pf
+        >>> reg = Regularization(pf.MAF(2, num_layers=1), {})
+        >>> reg(torch.tensor(1.5))
+        (tensor(1.5000), {})
+    """
+
+    def __init__(self, flow: nn.Module, weights: dict[str, float]) -> None:
+        self.weights = weights
+        self.modules = [m for m in flow.modules() if callable(getattr(m, "regularization", None))]
+        self._checked = not weights
+
+    def __call__(self, value: Tensor) -> tuple[Tensor, dict[str, Any]]:
+        total, extras = value, {}
+        reg: dict[str, Tensor] = {}
+        for m in self.modules:
+            for name, v in m.regularization().items():
+                reg[name] = reg[name] + v if name in reg else v
+        if not self._checked:  # once: a misspelt weight would otherwise do nothing, silently
+            missing = set(self.weights) - set(reg)
+            if missing:
+                raise ValueError(
+                    f"regularization names {sorted(missing)} are not reported by any module of "
+                    f"the flow; available: {sorted(reg) or 'none'} (a ContinuousFlow reports "
+                    "'kinetic' and 'jacobian' when built with regularize=True)"
+                )
+            self._checked = True
+        for name, v in reg.items():
+            w = self.weights.get(name, 0.0)
+            if w:
+                total = total + w * v
+            extras["reg:" + name] = v
+        return total, extras
+
+
 class _FitTask:
     """Minibatches of the training rows, the objective, regularisation and validation."""
 
@@ -183,16 +223,12 @@ class _FitTask:
         self.per_epoch = max(1, len(x) // self.batch_size)  # the last partial batch is dropped
         self.seed = seed
         self.objective = objective
-        self.weights = regularization
-        self.reg_modules = [
-            m for m in flow.modules() if callable(getattr(m, "regularization", None))
-        ]
+        self.regularize = Regularization(flow, regularization)
         self.nfe_modules = [m for m in flow.modules() if hasattr(m, "nfe")]
         self._epoch, self._perm = -1, None
         self._named = [(n, p) for n, p in flow.named_parameters() if p.requires_grad]
         self._model = describe_model(flow)
         self._fingerprint: str | None = None  # SHA-256 of the rows, computed when first needed
-        self._checked = not regularization
         # every parameter and buffer; modules update them in place (ActNorm's fill_, optimisers)
         self._state = flow.state_dict(keep_vars=True)
 
@@ -231,25 +267,7 @@ class _FitTask:
     def loss(self, step: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
         x, c = self.batch(step)
         value = self.objective(self.flow, x, c)
-        total, extras = value, {}
-        reg: dict[str, Tensor] = {}
-        for m in self.reg_modules:
-            for name, v in m.regularization().items():
-                reg[name] = reg[name] + v if name in reg else v
-        if not self._checked:
-            missing = set(self.weights) - set(reg)
-            if missing:
-                raise ValueError(
-                    f"regularization names {sorted(missing)} are not reported by any module of "
-                    f"the flow; available: {sorted(reg) or 'none'} (a ContinuousFlow reports "
-                    "'kinetic' and 'jacobian' when built with regularize=True)"
-                )
-            self._checked = True
-        for name, v in reg.items():
-            w = self.weights.get(name, 0.0)
-            if w:
-                total = total + w * v
-            extras["reg:" + name] = v
+        total, extras = self.regularize(value)
         if self.nfe_modules:
             extras["nfe"] = float(sum(m.nfe for m in self.nfe_modules))
         return total, value, extras
