@@ -171,3 +171,32 @@ def test_a_model_that_does_not_vectorise_falls_back_to_a_loop_over_draws():
         assert float(stats["log_weight"].values[0, i]) == pytest.approx(
             float(joint - guide_tr.log_prob_sum()), rel=1e-5
         )
+
+
+def _conjugate_model():
+    a = pyro.sample("a", dist.Normal(0.0, 1.0))
+    pyro.sample("y", dist.Normal(a, 1.0), obs=torch.tensor(2.0))  # posterior N(1, 1/2)
+
+
+def test_psis_resampled_draws_target_the_posterior_and_their_ess_sees_the_duplicates():
+    """The guide's draws (centred at 0) summarise q; the resampled ones the posterior N(1, 1/2),
+    and az.ess no longer counts every draw as independent."""
+    import arviz as az
+    from pyro.infer.autoguide.initialization import init_to_value
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(
+        _conjugate_model, init_loc_fn=init_to_value(values={"a": torch.tensor(0.0)}), init_scale=1.0
+    )
+    raw = pf.to_inference_data(_conjugate_model, guide, num_samples=4000)
+    res = pf.to_inference_data(_conjugate_model, guide, num_samples=4000, resample="psis")
+    assert abs(float(raw.posterior["a"].mean())) < 0.1  # the guide's draws: q = N(0, 1)
+    assert float(res.posterior["a"].mean()) == pytest.approx(1.0, abs=0.1)
+    assert float(res.posterior["a"].std()) == pytest.approx(math.sqrt(0.5), abs=0.08)
+    assert res.posterior.attrs["resample"] == "psis" and raw.posterior.attrs["resample"] == "none"
+    psis_ess = res.posterior.attrs["psis_ess"]
+    assert float(az.ess(raw.posterior["a"].values)) > 3000  # guide draws look independent
+    assert float(az.ess(res.posterior["a"].values)) < 1.5 * psis_ess < 3000
+    with pytest.raises(ValueError, match="resample must be None or 'psis'"):
+        pf.to_inference_data(_conjugate_model, guide, num_samples=10, resample="sir")

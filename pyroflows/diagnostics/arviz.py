@@ -188,6 +188,16 @@ def _summary(log_w: Tensor) -> PSISDiagnostic:
     return PSISDiagnostic(k, ess, log_z, float(lw.mean()), n)
 
 
+def _psis_resample(log_w: Tensor, n: int) -> np.ndarray:
+    """``n`` draw indices taken with replacement in proportion to the PSIS-smoothed weights,
+    sorted so that repeats of a draw are adjacent (draw order is random, so this only groups
+    duplicates; ``az.ess`` then counts them as the correlated draws they are)."""
+    lw = log_w.detach().double().cpu().numpy()
+    smoothed, _ = _arviz().psislw(lw, reff=1.0)
+    w = torch.as_tensor(np.exp(np.asarray(smoothed) - np.logaddexp.reduce(smoothed)))
+    return torch.multinomial(w, n, replacement=True).sort().values.numpy()
+
+
 def psis_diagnostic(
     model: Callable, guide: Callable, *args: Any, num_samples: int = 1000, **kwargs: Any
 ) -> PSISDiagnostic:
@@ -246,7 +256,12 @@ def _per_draw(value: Tensor, n: int, shape: tuple[int, ...], name: str) -> np.nd
 
 
 def to_inference_data(
-    model: Callable, guide: Callable, *args: Any, num_samples: int = 1000, **kwargs: Any
+    model: Callable,
+    guide: Callable,
+    *args: Any,
+    num_samples: int = 1000,
+    resample: str | None = None,
+    **kwargs: Any,
 ) -> Any:
     r"""Draw ``num_samples`` posterior samples from ``guide`` into an :class:`arviz.InferenceData`.
 
@@ -258,13 +273,24 @@ def to_inference_data(
         * ``observed_data``: the model's observed sites.
 
     ``posterior.attrs`` and ``sample_stats.attrs`` hold ``psis_k_hat``, ``psis_ess``,
-    ``log_evidence`` and ``elbo`` (see :func:`psis_diagnostic`).
+    ``log_evidence`` and ``elbo`` (see :func:`psis_diagnostic`), and ``resample``.
+
+    Which draws to use: the raw draws (``resample=None``) are draws from the *guide* q; their
+    ``az.summary`` ESS counts guide draws and says nothing about how well q matches the
+    posterior. ``resample="psis"`` replaces them by ``num_samples`` draws taken with
+    replacement in proportion to the Pareto-smoothed importance weights
+    :math:`\tilde w_i \propto p(x, z_i) / q(z_i)` of [2] (sampling-importance-resampling): they
+    target the posterior itself (when :math:`\hat k < 0.7`; above it no reweighting can be
+    trusted), and repeated draws are kept next to each other, so ``az.summary``'s ESS sees the
+    duplicates and falls to the order of the PSIS ESS instead of ``num_samples``. Report
+    posterior summaries from the resampled draws; use the raw ones to look at the guide.
 
     Args:
         model: the Pyro model.
         guide: a fitted guide (any Pyro guide with static structure).
         *args: the model's arguments.
         num_samples: guide draws (one chain).
+        resample: ``None`` (the guide's draws) or ``"psis"`` (importance-resampled draws).
         **kwargs: the model's keyword arguments.
 
     Returns:
@@ -286,7 +312,11 @@ def to_inference_data(
         >>> "psis_k_hat" in idata.posterior.attrs
         True
     """
+    if resample not in (None, "psis"):
+        raise ValueError(f"resample must be None or 'psis'; got {resample!r}")
     log_w, log_p, values, model_one = _draw(model, guide, args, kwargs, num_samples)
+    summary = _summary(log_w)
+    index = None if resample is None else _psis_resample(log_w, num_samples)
     posterior: dict[str, np.ndarray] = {}
     observed: dict[str, np.ndarray] = {}
     dims: dict[str, list[str]] = {}
@@ -302,18 +332,22 @@ def to_inference_data(
             observed[name] = site["value"].detach().cpu().numpy()
             continue
         posterior[name] = _per_draw(values[name], num_samples, shape, name)
+        if index is not None:
+            posterior[name] = posterior[name][:, index]
+    if index is not None:
+        log_w, log_p = log_w[torch.as_tensor(index)], log_p[torch.as_tensor(index)]
     as_np = lambda t: t.detach().double().cpu().numpy()[None]  # noqa: E731
     stats = {"log_weight": as_np(log_w), "lp": as_np(log_p), "log_q": as_np(log_p - log_w)}
     idata = _arviz().from_dict(
         posterior=posterior, sample_stats=stats, observed_data=observed or None, dims=dims
     )
-    summary = _summary(log_w)
     attrs = {
         "psis_k_hat": summary.k_hat,
         "psis_ess": summary.ess,
         "log_evidence": summary.log_evidence,
         "elbo": summary.elbo,
         "inference_library": "pyro+pyroflows",
+        "resample": resample or "none",
     }
     idata.posterior.attrs.update(attrs)
     idata.sample_stats.attrs.update(attrs)
