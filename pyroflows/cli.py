@@ -259,11 +259,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if stream:  # issue 15 hook
         from pyroflows.datasets.streaming import fit_npy
 
-        try:
-            out = fit_npy(flow, x, val_fraction=args.val_fraction, prepare=exact_divergence,
-                          progress=not args.no_progress, **opts)  # fmt: skip
-        except ValueError as exc:
-            raise CLIError(str(exc)) from exc
+        out = fit_npy(flow, x, val_fraction=args.val_fraction, prepare=exact_divergence,
+                      progress=not args.no_progress, **opts)  # fmt: skip
     else:
         out = fit_table(
             flow, x, val_fraction=args.val_fraction, progress=not args.no_progress, **opts

@@ -267,7 +267,7 @@ def fit_npy(
     a minibatch at a time (``pf.fit``'s seeded index split holds out ``val_fraction``), and
     score the training rows in chunks (after ``prepare(flow)``, if given). ``path`` may be the
     memory-mapped array itself. Returns what ``fit_table`` returns."""
-    from ..infer.fit import fit
+    from ..infer.fit import fit, validation_size
     from .tabular import Standardizer
 
     x = open_npy(path) if isinstance(path, (str, Path)) else path
@@ -292,7 +292,7 @@ def fit_npy(
     flow.eval()
     if prepare is not None:
         prepare(flow)
-    n_val = min(max(1, round(len(x) * val_fraction)), len(x) - 1) if val_fraction > 0 else 0
+    n_val = validation_size(len(x), val_fraction)
     total = 0.0
     with torch.no_grad():
         for s, _ in array_chunks(x, 8192):

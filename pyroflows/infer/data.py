@@ -115,9 +115,9 @@ def _as(a: Any) -> Tensor:
 
 
 def _epoch_perm(seed: int, epoch: int, n: int) -> Tensor:
-    from .fit import _epoch_seed
+    from .fit import epoch_seed
 
-    g = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+    g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=g, dtype=_index_dtype(n))
 
 
@@ -382,7 +382,7 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
     checked) options plus ``dtype``, ``device``, ``shape``, ``context_dim``, ``distributed``,
     ``check_data`` and ``make_config`` (``(task, base) -> LoopConfig``)."""
     from .engine import load_checkpoint, train
-    from .fit import _objective, check_rows
+    from .fit import check_rows, objective_fn
 
     dtype, dev, shape = o["dtype"], o["device"], tuple(o["shape"])
     group = setup(o["distributed"], dev)
@@ -402,7 +402,7 @@ def fit_streamed(flow: nn.Module, data: Any, **o: Any) -> Any:
         t = torch.randint(2**31 - 1, (1,), dtype=torch.float64, device=dev)
         base = int(t.item()) if not group.active else int(_broadcast(t, group).item())
     pyro.set_rng_seed(base + group.rank)  # each rank its own deterministic random stream
-    objective = _objective(o["objective"], dict(o["objective_kwargs"] or {}))
+    objective = objective_fn(o["objective"], dict(o["objective_kwargs"] or {}))
     common = dict(
         batch_size=o["batch_size"],
         seed=base,

@@ -151,11 +151,21 @@ def validation_split(
         (8, 2, True)
     """
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)), dtype=dtype)
-    n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 and n >= 2 else 0
+    n_val = validation_size(n, val_fraction)
     return perm[n_val:], perm[:n_val]
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
+def validation_size(n: int, val_fraction: float) -> int:
+    """How many of ``n`` rows :func:`validation_split` holds out.
+
+    Example:
+        >>> validation_size(300, 1e-3), validation_size(300, 0.1), validation_size(1, 0.5)
+        (1, 30, 0)
+    """
+    return min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 and n >= 2 else 0
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
@@ -258,7 +268,7 @@ class _FitTask:
         """The rows of step ``step``: a fresh permutation per epoch, a function of (seed, epoch)."""
         epoch, i = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._perm = torch.randperm(len(self.x), generator=g).to(self.x.device)
             self._epoch = epoch
         rows = self._perm[i * self.batch_size : (i + 1) * self.batch_size]  # type: ignore[index]
@@ -314,7 +324,7 @@ def _reference(flow: nn.Module) -> tuple[torch.dtype, torch.device]:
     return torch.get_default_dtype(), torch.device("cpu")
 
 
-def _objective(objective: Any, kwargs: dict[str, Any]) -> Objective:
+def objective_fn(objective: Any, kwargs: dict[str, Any]) -> Objective:
     if objective == "nll":
         if kwargs:
             raise ValueError("objective_kwargs are only used by objective='flow_matching'")
@@ -506,7 +516,7 @@ def fit(
         val,
         batch_size=batch_size,
         seed=run.seed,
-        objective=_objective(objective, dict(objective_kwargs or {})),
+        objective=objective_fn(objective, dict(objective_kwargs or {})),
         regularization=dict(regularization or {}),
     )
     steps = cfg.steps
