@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
+
 import pyroflows as pf
 from pyroflows import transforms as T
 
@@ -71,6 +73,9 @@ REGISTRY: dict[str, Entry] = {
     ),
     "actnorm": Entry(lambda: T.ActNorm(3)),
     "elementwise_affine": Entry(lambda: T.ElementwiseAffine(3)),
+    "standardize": Entry(  # fixed buffers: data = mean + std * base
+        lambda: T.Standardize(torch.tensor([1.0, -2.0, 0.5]), torch.tensor([2.0, 0.5, 3.0]))
+    ),
     "lu_linear": Entry(lambda: T.LULinear(3)),
     "permute": Entry(lambda: T.Permute([2, 0, 1])),
     "reverse": Entry(lambda: T.Reverse(3)),
