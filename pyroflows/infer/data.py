@@ -198,6 +198,8 @@ class _IndexedFitTask:
 
     def loss(self, step: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
         x, c = self.batch(step)
+        if self.group.active and _pending_data_init(self.flow):
+            self._data_init(x, c)
         failed, value = "", None
         try:
             value = self._module(x, c)
@@ -225,6 +227,31 @@ class _IndexedFitTask:
         total, extras = self.regularize(value)
         record = value if mean is None else mean.to(value.dtype).detach()  # type: ignore[union-attr]
         return total, record, extras  # type: ignore[return-value]
+
+    def _data_init(self, x: Tensor, c: Tensor | None) -> None:
+        """Data-dependent layers (ActNorm) initialise from the whole global batch on every rank.
+
+        Each rank holds ``1 / W`` of the batch, so a layer initialised from its own share would
+        start (and, with averaged gradients, stay) different on every rank while rank 0's
+        weights are the ones saved. The shares are gathered and the objective is run once on
+        all of them without gradients (in a forked RNG), as one process with the whole batch
+        would at its first step.
+        """
+        import torch.distributed as td
+
+        parts: list[Any] = [None] * self.group.world
+        td.all_gather_object(parts, (x.cpu(), None if c is None else c.cpu()))
+
+        def whole(i: int) -> Tensor:  # rank r holds rows r, r + W, ...: put them back in order
+            shares = [p[i] for p in parts]
+            if len({len(t) for t in shares}) > 1:  # an iterable source's uneven last shares
+                return torch.cat(shares).to(x.device)
+            return torch.stack(shares, 1).flatten(0, 1).to(x.device)
+
+        xs, cs = whole(0), None if c is None else whole(1)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            self.objective(self.flow, xs, cs)
 
     def _evaluate(self, rows: _Rows, idx: Tensor) -> float:
         """The mean objective over rows ``idx`` (this rank's share, summed over ranks)."""
@@ -533,6 +560,15 @@ def _config(task: Any, base: int, o: dict[str, Any]) -> Any:
         callbacks=(callbacks,) if callable(callbacks) else tuple(callbacks),
         seed=base,
     )
+
+
+def _pending_data_init(flow: nn.Module) -> bool:
+    """Whether a layer of ``flow`` still waits for data to initialise (an ``initialized`` flag)."""
+    for m in flow.modules():
+        flag = getattr(m, "initialized", None)
+        if isinstance(flag, Tensor) and not bool(flag):
+            return True
+    return False
 
 
 def _broadcast(t: Tensor, group: Group) -> Tensor:
