@@ -18,7 +18,8 @@ import torch
 from ._optional import require
 from .infer.table import fit_table
 
-__all__ = ["run_demo"]
+# The command's implementation, not a library API: ``run_demo`` is imported by name (cli.py).
+__all__: list[str] = []
 
 # ---- demo --------------------------------------------------------------------------------------
 

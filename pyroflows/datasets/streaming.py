@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, IterableDataset
 
-__all__ = ["ArrayRows", "CsvRows", "csv_chunks", "csv_to_npy", "fit_npy", "open_npy", "scan_rows"]
+__all__ = ["ArrayRows", "CsvRows", "csv_chunks", "csv_to_npy", "open_npy", "scan_rows"]
 
 #: Rows read at a time by the streamed checks and conversions.
 CHUNK_ROWS = 65536
@@ -45,6 +45,19 @@ def open_npy(path: str | Path) -> np.ndarray:
     Raises:
         ValueError: the file is not a ``.npy`` array of real numbers (an ``.npz``, pickled
             objects, strings) or is not at least 2-D (a table is ``(rows, columns)``).
+
+    Example:
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> np.save(os.path.join(folder, "table.npy"), np.arange(6.0).reshape(3, 2))
+        >>> x = open_npy(os.path.join(folder, "table.npy"))
+        >>> type(x).__name__, x.shape, x[2].tolist()
+        ('memmap', (3, 2), [4.0, 5.0])
+        >>> np.save(os.path.join(folder, "column.npy"), np.arange(3.0))
+        >>> open_npy(os.path.join(folder, "column.npy"))
+        Traceback (most recent call last):
+            ...
+        ValueError: .../column.npy holds an array of shape (3,); rows need their own axis: save x.reshape(-1, 1) for one column
     """
     path = Path(path)
     try:
@@ -74,7 +87,16 @@ class ArrayRows(Dataset):
     """Rows of an array (numpy, memory-mapped or a tensor), with optional row-for-row contexts,
     as a map-style dataset. An item is a row, or a ``(row, context)`` pair; ``__getitems__``
     reads a list of rows with one fancy index (what :func:`~pyroflows.fit` and
-    :class:`torch.utils.data.DataLoader` use)."""
+    :class:`torch.utils.data.DataLoader` use).
+
+    Example:
+        >>> rows = ArrayRows(np.arange(8.0).reshape(4, 2), context=np.arange(4.0).reshape(4, 1))
+        >>> len(rows), rows[1]
+        (4, (tensor([2., 3.], dtype=torch.float64), tensor([1.], dtype=torch.float64)))
+        >>> x, c = rows.__getitems__([3, 0])
+        >>> x.tolist(), c.tolist()
+        ([[6.0, 7.0], [0.0, 1.0]], [[3.0], [0.0]])
+    """
 
     def __init__(self, data: Any, context: Any = None) -> None:
         if context is not None and len(context) != len(data):
@@ -104,8 +126,20 @@ def csv_chunks(
     (row numbers from 0 after an optional header line). A cell that is not a number becomes
     NaN, so :func:`scan_rows` reports its row.
 
+    The delimiter (tab, semicolon or comma) is guessed from the first line unless given.
+
     Raises:
         ValueError: a row with a different number of cells than the first data row.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.csv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("a,b\\n1,2\\n3,x\\n5,6\\n")
+        >>> for first_row, chunk in csv_chunks(path, chunk_rows=2):
+        ...     print(first_row, chunk.tolist())
+        0 [[1.0, 2.0], [3.0, nan]]
+        2 [[5.0, 6.0]]
     """
     path = Path(path)
     with path.open(newline="") as f:
@@ -158,7 +192,18 @@ def _parse(rows: list[list[str]], first: int, width: int | None, path: Path) -> 
 
 class CsvRows(IterableDataset):
     """The rows of a CSV/TSV file as an iterable dataset, read ``chunk_rows`` at a time (the
-    file is never loaded whole). ``pf.fit(flow, CsvRows(path))`` trains on it in file order."""
+    file is never loaded whole). ``pf.fit(flow, CsvRows(path))`` trains on it in file order.
+
+    Example:
+        >>> import tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "t.tsv")
+        >>> with open(path, "w") as f:
+        ...     _ = f.write("x\\ty\\n1\\t2\\n3\\t4\\n5\\t6\\n")
+        >>> torch.stack(list(CsvRows(path, chunk_rows=2)))
+        tensor([[1., 2.],
+                [3., 4.],
+                [5., 6.]], dtype=torch.float64)
+    """
 
     def __init__(self, path: str | Path, *, chunk_rows: int = CHUNK_ROWS) -> None:
         self.path, self.chunk_rows = Path(path), chunk_rows
@@ -172,7 +217,23 @@ def csv_to_npy(
     path: str | Path, out: str | Path, *, chunk_rows: int = CHUNK_ROWS, dtype: Any = np.float64
 ) -> np.ndarray:
     """Convert a CSV/TSV table to a ``.npy`` file chunk by chunk (memory: one chunk), and return
-    it memory-mapped. Bad rows are reported first (:func:`scan_rows`)."""
+    it memory-mapped. Bad rows are reported first (:func:`scan_rows`).
+
+    Example:
+        >>> import tempfile, os
+        >>> folder = tempfile.mkdtemp()
+        >>> with open(os.path.join(folder, "t.csv"), "w") as f:
+        ...     _ = f.write("a;b\\n1;2\\n3;4\\n5;6\\n")
+        >>> x = csv_to_npy(os.path.join(folder, "t.csv"), os.path.join(folder, "t.npy"))
+        >>> type(x).__name__, x.shape, x[-1].tolist()
+        ('memmap', (3, 2), [5.0, 6.0])
+        >>> with open(os.path.join(folder, "bad.csv"), "w") as f:
+        ...     _ = f.write("1,2\\n3,inf\\n")
+        >>> csv_to_npy(os.path.join(folder, "bad.csv"), os.path.join(folder, "bad.npy"))
+        Traceback (most recent call last):
+            ...
+        ValueError: .../bad.csv has 1 row with NaN/Inf (row 1); remove or impute them
+    """
     scan_rows(((s, c) for s, c in csv_chunks(path, chunk_rows=chunk_rows)), name=str(path))
     n = width = 0
     for _, chunk in csv_chunks(path, chunk_rows=chunk_rows):

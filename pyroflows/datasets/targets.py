@@ -56,8 +56,9 @@ __all__ = [
     "log_density",
 ]
 
-#: Treatment effects and standard errors of the eight schools [3].
+#: Estimated treatment effects of the eight schools [3] (the observations).
 EIGHT_SCHOOLS_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
+#: Standard errors of the eight schools' estimated treatment effects [3] (known).
 EIGHT_SCHOOLS_SIGMA = (15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0)
 
 #: Box of U2-U4 along z1 (the energies are not integrable over the plane).

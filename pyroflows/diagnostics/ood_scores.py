@@ -261,6 +261,19 @@ class OODReport:
     Attributes:
         rows: one dict per row with keys ``dataset``, ``method``, ``auroc``, ``aupr``,
             ``tpr_at_5fpr`` (for the default ``fpr``).
+
+    Example:
+        >>> report = OODReport([
+        ...     {"dataset": "noise", "method": "likelihood", "auroc": 0.61, "aupr": 0.58},
+        ...     {"dataset": "noise", "method": "typicality", "auroc": 0.93, "aupr": 0.9},
+        ... ])
+        >>> report.best(), report.auroc("noise", "likelihood")
+        ('typicality', 0.61)
+        >>> print(report)
+        | OOD set | method | auroc | aupr |
+        |---|---|---:|---:|
+        | noise | likelihood | 0.610 | 0.580 |
+        | noise | typicality | 0.930 | 0.900 |
     """
 
     def __init__(self, rows: list[dict]) -> None:

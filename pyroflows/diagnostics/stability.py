@@ -24,7 +24,19 @@ __all__ = ["StabilityReport", "inverse_stability"]
 
 @dataclass
 class StabilityReport:
-    """Reconstruction errors of ``data -> base -> data`` per point (see :func:`inverse_stability`)."""
+    """Reconstruction errors of ``data -> base -> data`` per point (see :func:`inverse_stability`).
+
+    Attributes:
+        errors: max abs reconstruction error of each point (``inf`` where it is not finite).
+        tolerance: the error above which a point counts as unstable.
+
+    Example:
+        >>> report = StabilityReport(torch.tensor([1e-7, 0.5, float("inf")]), tolerance=1e-3)
+        >>> report.unstable
+        tensor([False,  True,  True])
+        >>> print(report)
+        inverse stability on 3 points: max reconstruction error inf; 2 above tolerance 0.001
+    """
 
     errors: Tensor
     tolerance: float

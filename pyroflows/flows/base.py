@@ -47,6 +47,22 @@ class FlowDistribution(dist.TransformedDistribution):
 
     Input checks are pyroflows' own (shape, finiteness with the bad rows named, switchable with
     :func:`pyroflows.validation`), so Pyro's argument validation is off for this distribution.
+
+    Calling a :class:`Flow` returns one; ``temperature`` scales the base draws of
+    ``rsample``/``rsample_and_log_prob`` (``< 1`` samples nearer the modes).
+
+    Example:
+        >>> import pyroflows as pf
+        >>> d = pf.RealNVP(2, num_layers=2, hidden_dims=(8,))()
+        >>> type(d).__name__, d.event_shape
+        ('FlowDistribution', torch.Size([2]))
+        >>> x, lp = d.rsample_and_log_prob((4,))
+        >>> x.shape, torch.allclose(lp, d.log_prob(x), atol=1e-5)
+        (torch.Size([4, 2]), True)
+        >>> d.log_prob(torch.ones(3))
+        Traceback (most recent call last):
+            ...
+        ValueError: Expected data shape (..., 2); got (3,).
     """
 
     def __init__(self, base_distribution, transforms, *, temperature: float = 1.0):

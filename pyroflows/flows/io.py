@@ -362,6 +362,18 @@ def load(
         path: the model file.
         model: the Pyro model of a saved guide (required for guides, refused for flows).
         map_location: where to put the tensors (``torch.load``'s argument).
+
+    Example:
+        >>> import tempfile, os, pyroflows as pf
+        >>> path = os.path.join(tempfile.mkdtemp(), "nice.pt")
+        >>> pf.NICE(2, num_layers=2, hidden_dims=(8,)).save(path, data="two moons")
+        >>> flow = pf.load(path)
+        >>> type(flow).__name__, flow.config["num_layers"], flow.metadata
+        ('NICE', 2, {'data': 'two moons'})
+        >>> pf.load(path + ".missing")
+        Traceback (most recent call last):
+            ...
+        FileNotFoundError: no model file at .../nice.pt.missing
     """
     from ..infer.autoguide import AutoFlow
 

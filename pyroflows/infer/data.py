@@ -40,7 +40,8 @@ from ..transforms.base import NonFiniteError
 from .distributed import Group, explain, setup
 from .state import fingerprint
 
-__all__ = ["fit_streamed", "is_streamed"]
+# Internal to pf.fit (which imports fit_streamed and is_streamed by name): no public names.
+__all__: list[str] = []
 
 _CHUNK = 65536
 

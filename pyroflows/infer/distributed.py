@@ -24,7 +24,8 @@ import torch
 import torch.distributed as td
 from torch import Tensor, nn
 
-__all__ = ["Group", "explain", "setup"]
+# Internal to pf.fit (users pass distributed=...; Group, explain and setup are imported by name).
+__all__: list[str] = []
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 

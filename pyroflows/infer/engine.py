@@ -32,7 +32,6 @@ __all__ = [
     "History",
     "LoopConfig",
     "Run",
-    "Task",
     "load_checkpoint",
     "real_number",
     "train",

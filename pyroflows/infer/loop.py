@@ -61,7 +61,8 @@ from .state import (
 if TYPE_CHECKING:
     from .engine import Task
 
-__all__ = ["MAX_FAILURES", "RECOVERY_STEPS", "Loop"]
+# Loop is internal (engine.train runs it, importing it by name).
+__all__ = ["MAX_FAILURES", "RECOVERY_STEPS"]
 
 #: Failed (rolled-back) steps, without a recovery in between, after which training stops as
 #: diverged.

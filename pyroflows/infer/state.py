@@ -22,18 +22,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+# What a user may call on a checkpoint file; the loop's helpers (Snapshot, copy_into,
+# all_finite, rng_state, set_rng_state, check_resumable, write_atomically) are imported by name.
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "Snapshot",
-    "all_finite",
-    "check_resumable",
-    "copy_into",
     "fingerprint",
     "load_checkpoint",
-    "rng_state",
-    "set_rng_state",
     "tensor_mismatches",
-    "write_atomically",
 ]
 
 #: Format tag of checkpoints; version 2 records the model's configuration, a SHA-256 of the

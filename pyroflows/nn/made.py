@@ -15,7 +15,21 @@ __all__ = ["MADE", "MaskedLinear"]
 
 
 class MaskedLinear(nn.Linear):
-    """A linear layer whose weight is multiplied by a fixed binary mask."""
+    """A linear layer whose weight is multiplied by a fixed binary mask.
+
+    Args:
+        mask: ``(out_features, in_features)`` tensor of 0/1; output ``i`` sees input ``j`` only
+            where ``mask[i, j] == 1`` (kept as a buffer, so it follows ``.to()`` and is saved).
+        bias: whether the layer has a bias (unmasked).
+
+    Example:
+        >>> layer = MaskedLinear(torch.tril(torch.ones(3, 3)))   # output i sees inputs <= i
+        >>> jac = torch.autograd.functional.jacobian(layer, torch.randn(3))
+        >>> (jac != 0).int()
+        tensor([[1, 0, 0],
+                [1, 1, 0],
+                [1, 1, 1]], dtype=torch.int32)
+    """
 
     def __init__(self, mask: Tensor, bias: bool = True) -> None:
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)

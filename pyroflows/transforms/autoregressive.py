@@ -155,7 +155,19 @@ class ConditionalMaskedAutoregressive(ConditionalFlowTransform, MaskedAutoregres
 
 
 def maf(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> MaskedAutoregressive:
-    """Masked autoregressive flow layer (fast density), Pyro-helper style."""
+    """Masked autoregressive flow layer (fast density), Pyro-helper style; works with
+    ``iterated``.
+
+    Example:
+        >>> import pyro.distributions as dist, torch
+        >>> from pyro.distributions.transforms import iterated
+        >>> maf(3, [8]).fast
+        'density'
+        >>> base = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+        >>> d = dist.TransformedDistribution(base, iterated(2, maf, 3))
+        >>> d.log_prob(torch.randn(5, 3)).shape   # one network pass per layer
+        torch.Size([5])
+    """
     return MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, fast="density", **kwargs)
 
 
@@ -176,7 +188,17 @@ def iaf(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> M
 def conditional_maf(
     input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs
 ) -> ConditionalMaskedAutoregressive:
-    """Conditional MAF layer."""
+    """Conditional MAF layer (fast density), Pyro-helper style: a density over ``input_dim``
+    features for each context.
+
+    Example:
+        >>> import pyro.distributions as dist, torch
+        >>> base = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+        >>> d = dist.ConditionalTransformedDistribution(base, [conditional_maf(3, 2, [8])])
+        >>> context, x = torch.randn(5, 2), torch.randn(5, 3)
+        >>> d.condition(context).log_prob(x).shape    # one context per row
+        torch.Size([5])
+    """
     return ConditionalMaskedAutoregressive(
         input_dim, context_dim=context_dim, hidden_dims=hidden_dims, fast="density", **kwargs
     )
@@ -185,7 +207,17 @@ def conditional_maf(
 def conditional_iaf(
     input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs
 ) -> ConditionalMaskedAutoregressive:
-    """Conditional IAF layer."""
+    """Conditional IAF layer (fast sampling), Pyro-helper style: e.g. an amortised guide whose
+    context is the observation.
+
+    Example:
+        >>> import pyro.distributions as dist, torch
+        >>> base = dist.Normal(torch.zeros(3), 1.0).to_event(1)
+        >>> d = dist.ConditionalTransformedDistribution(base, [conditional_iaf(3, 2, [8])])
+        >>> z = d.condition(torch.randn(2)).rsample((4,))   # one network pass
+        >>> z.shape, d.condition(torch.randn(2)).log_prob(z).shape
+        (torch.Size([4, 3]), torch.Size([4]))
+    """
     return ConditionalMaskedAutoregressive(
         input_dim, context_dim=context_dim, hidden_dims=hidden_dims, fast="sample", **kwargs
     )

@@ -56,7 +56,6 @@ __all__ = [
     "ConditionedTransform",
     "FlowTransform",
     "NonFiniteError",
-    "Slot",
     "is_validation_enabled",
     "nonfinite_rows",
     "validation",
@@ -73,11 +72,30 @@ _VALIDATION = _Validation()
 
 
 class NonFiniteError(FloatingPointError):
-    """A transform produced NaN or Inf; the message names the layer and the direction."""
+    """A transform produced NaN or Inf; the message names the layer and the direction.
+
+    Raised by every transform while validation is on (:func:`validation`), for a non-finite
+    input or context (naming the first bad rows) and for a non-finite output of a finite input.
+
+    Example:
+        >>> from pyroflows.transforms import ElementwiseAffine
+        >>> ElementwiseAffine(2).inv(torch.tensor([[0.0, 1.0], [float("nan"), 2.0]]))
+        Traceback (most recent call last):
+            ...
+        pyroflows.transforms.base.NonFiniteError: ElementwiseAffine (inverse): the input contains NaN or Inf (first bad rows [1]); ...
+    """
 
 
 def is_validation_enabled() -> bool:
-    """Whether transforms check shapes, dtypes and finiteness in this thread (on by default)."""
+    """Whether transforms check shapes, dtypes and finiteness in this thread (on by default).
+
+    Example:
+        >>> is_validation_enabled()
+        True
+        >>> with validation(False):
+        ...     is_validation_enabled()
+        False
+    """
     return _VALIDATION.enabled
 
 
@@ -207,6 +225,28 @@ class FlowTransform(TransformModule):
     data-side shape (the input of ``_inverse``). They differ only for shape-changing transforms
     (e.g. ``Squeeze``), which set ``output_shape`` and implement ``forward_shape`` and
     ``inverse_shape``; the input check uses the shape of the direction being run.
+
+    A subclass implements :meth:`forward_and_log_det` and :meth:`inverse_and_log_det`; the
+    base class adds the checks, the cache slot and Pyro's ``Transform`` interface.
+
+    Example:
+        >>> class Shift(FlowTransform):
+        ...     def __init__(self, dim, *, context_dim=0):
+        ...         super().__init__((dim,), context_dim=context_dim)
+        ...         self.b = torch.nn.Parameter(torch.ones(dim))
+        ...     def forward_and_log_det(self, x, context=None):
+        ...         b = self.b if context is None else self.b + context
+        ...         return x + b, x.new_zeros(x.shape[:-1])
+        ...     def inverse_and_log_det(self, y, context=None):
+        ...         b = self.b if context is None else self.b + context
+        ...         return y - b, y.new_zeros(y.shape[:-1])
+        >>> t = Shift(2)
+        >>> t(torch.zeros(2)), t.inv(torch.ones(2))
+        (tensor([1., 1.], grad_fn=<...>), tensor([0., 0.], grad_fn=<...>))
+        >>> t(torch.zeros(3))
+        Traceback (most recent call last):
+            ...
+        ValueError: Shift: expected input shape (..., 2); got (3,). ...
     """
 
     bijective = True
@@ -476,6 +516,16 @@ class ConditionedTransform(Transform):
     """A conditional transform with its context fixed (what ``condition(context)`` returns).
 
     It shares the parent's parameters and cache slot; the context is part of the slot's key.
+
+    Example:
+        >>> from pyroflows.transforms import ConditionalCoupling
+        >>> t = ConditionalCoupling(2, context_dim=3, hidden_dims=(8,))
+        >>> c = torch.randn(3)
+        >>> ct = t.condition(c)
+        >>> type(ct).__name__, ct.parent is t, ct.context is c
+        ('ConditionedTransform', True, True)
+        >>> ct(torch.zeros(4, 2)).shape          # one context for the 4 points
+        torch.Size([4, 2])
     """
 
     bijective = True
@@ -518,6 +568,23 @@ class ConditionalFlowTransform(ConditionalTransformModule):
     Use it first in the bases: ``class ConditionalX(ConditionalFlowTransform, X)``; the math of
     ``X`` is reused unchanged and receives the context. ``condition(context)`` returns a
     :class:`ConditionedTransform`.
+
+    Example:
+        >>> class Shift(FlowTransform):         # y = x + b (+ context)
+        ...     def __init__(self, dim, *, context_dim=0):
+        ...         super().__init__((dim,), context_dim=context_dim)
+        ...         self.b = torch.nn.Parameter(torch.ones(dim))
+        ...     def forward_and_log_det(self, x, context=None):
+        ...         b = self.b if context is None else self.b + context
+        ...         return x + b, x.new_zeros(x.shape[:-1])
+        ...     def inverse_and_log_det(self, y, context=None):
+        ...         b = self.b if context is None else self.b + context
+        ...         return y - b, y.new_zeros(y.shape[:-1])
+        >>> class ConditionalShift(ConditionalFlowTransform, Shift):
+        ...     pass
+        >>> t = ConditionalShift(2, context_dim=2)
+        >>> t.condition(torch.tensor([1.0, -1.0]))(torch.zeros(2))
+        tensor([2., 0.], grad_fn=<...>)
     """
 
     def condition(self, context: Tensor) -> ConditionedTransform:

@@ -61,7 +61,14 @@ def soft_clamp(s: Tensor, bound: float | None) -> Tensor:
 
 
 def sum_event(t: Tensor, event_dims: int) -> Tensor:
-    """Sum the rightmost ``event_dims`` dimensions."""
+    """Sum the rightmost ``event_dims`` dimensions (per-coordinate log-derivatives -> one
+    log-det per event).
+
+    Example:
+        >>> t = torch.arange(12.0).reshape(2, 3, 2)
+        >>> sum_event(t, 2), sum_event(t, 1).shape, sum_event(t, 0) is t
+        (tensor([15., 51.]), torch.Size([2, 3]), True)
+    """
     return t.flatten(-event_dims).sum(-1) if event_dims else t
 
 
@@ -89,7 +96,16 @@ def affine(
 def additive(
     x: Tensor, params: tuple[Tensor, ...], *, inverse: bool = False, bound: float | None = None
 ) -> tuple[Tensor, Tensor | None]:
-    """Additive (volume-preserving) transformer; ``params = (shift,)``."""
+    """Additive (volume-preserving) transformer; ``params = (shift,)``. The log-derivative is
+    ``None``: zero, with nothing to add.
+
+    Example:
+        >>> y, logd = additive(torch.ones(2), (torch.tensor([1.0, -3.0]),))
+        >>> y, logd
+        (tensor([ 2., -2.]), None)
+        >>> additive(y, (torch.tensor([1.0, -3.0]),), inverse=True)[0]
+        tensor([1., 1.])
+    """
     shift = params[0]
     return (x - shift if inverse else x + shift), None
 
@@ -252,6 +268,11 @@ class TransformerSpec:
         num_params: ``num_params(**options) -> parameters per coordinate`` (it validates them).
         options: layer option name -> keyword of ``fn`` (e.g. a layer's ``log_scale_bound`` is
             the affine transformer's ``bound``); a layer's other options are ignored.
+
+    Example:
+        >>> spec = TRANSFORMERS["affine"]
+        >>> spec.fn.__name__, spec.num_params(), spec.options
+        ('affine', 2, (('log_scale_bound', 'bound'),))
     """
 
     fn: Transformer

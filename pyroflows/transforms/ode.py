@@ -18,12 +18,25 @@ from torch import Tensor, nn
 
 __all__ = ["ADAPTIVE_METHODS", "FIXED_GRID_METHODS", "Dynamics", "ODESolver", "SolverError"]
 
+#: torchdiffeq methods with step-size control: they use :class:`ODESolver`'s ``rtol``/``atol``.
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+#: torchdiffeq methods on a fixed grid: they need :class:`ODESolver`'s ``step_size``.
 FIXED_GRID_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams")
 
 
 class SolverError(RuntimeError):
-    """The ODE solver could not integrate the flow; the message says which setting to change."""
+    """The ODE solver could not integrate the flow; the message says which setting to change.
+
+    Example:
+        >>> from pyroflows.transforms import ContinuousFlow
+        >>> class BlowUp(nn.Module):   # dz/dt = z^2 from z = 1 blows up at t = 1
+        ...     def forward(self, t, z, context=None):
+        ...         return z * z
+        >>> ContinuousFlow(1, vector_field=BlowUp(), t1=2.0)(torch.ones(1, 1))
+        Traceback (most recent call last):
+            ...
+        pyroflows.transforms.ode.SolverError: ContinuousFlow: the adaptive ODE solver underflowed ...
+    """
 
 
 class _SolverFields(NamedTuple):

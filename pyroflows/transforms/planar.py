@@ -147,14 +147,35 @@ class ConditionalPlanarTransform(ConditionalFlowTransform, PlanarTransform):
 
 
 def planar(input_dim: int) -> PlanarTransform:
-    """Planar layer, Pyro-helper style."""
+    """Planar layer, Pyro-helper style; works with ``iterated``.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> from pyro.distributions.transforms import iterated
+        >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> d = dist.TransformedDistribution(base, iterated(3, planar, 2))
+        >>> z = d.rsample((5,))
+        >>> z.shape, d.log_prob(z).shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
     return PlanarTransform(input_dim)
 
 
 def conditional_planar(
     input_dim: int, context_dim: int, hidden_dims: Sequence[int] | None = None
 ) -> ConditionalPlanarTransform:
-    """Conditional planar layer."""
+    """Conditional planar layer, Pyro-helper style: the layer's parameters are computed from
+    the context by an MLP of ``hidden_dims``.
+
+    Example:
+        >>> import pyro.distributions as dist
+        >>> base = dist.Normal(torch.zeros(2), 1.0).to_event(1)
+        >>> t = conditional_planar(2, 3, [8])
+        >>> d = dist.ConditionalTransformedDistribution(base, [t]).condition(torch.randn(3))
+        >>> z = d.rsample((5,))
+        >>> z.shape, d.log_prob(z).shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
     return ConditionalPlanarTransform(input_dim, context_dim=context_dim, hidden_dims=hidden_dims)
 
 
