@@ -130,6 +130,8 @@ def test_ensemble_and_draw_options_are_checked():
         OODDetector(flow, ref, ensemble="four")
     with pytest.raises(ValueError, match="train_data"):
         OODDetector(flow, ref, ensemble=2)
+    with pytest.raises(ValueError, match=r"no configuration.*ensemble=\[flow2"):
+        OODDetector(flow, ref, ensemble=2, train_data=ref)  # a bare Flow has no .config
     with pytest.raises(ValueError, match="dequantization_samples"):
         OODDetector(flow, ref, dequantization_samples=0)
     with pytest.raises(ValueError, match="waic needs ensemble"):

@@ -142,7 +142,8 @@ class OODDetector:
         ensemble: more flows of the same model: a list of flows you trained (e.g. from other
             seeds), or a number ``n`` to build ``n`` copies of ``flow``'s class and configuration
             and train them with :func:`~pyroflows.fit` on ``train_data`` with seeds
-            ``seed + 1 .. seed + n`` (default: none).
+            ``s + 1 .. s + n``, ``s`` being ``ensemble_fit``'s ``seed`` if given, else ``seed``
+            (default: none).
         ensemble_fit: keyword arguments for those fits (same defaults as ``background_fit``;
             pass the options ``flow`` was trained with, ``seed`` is replaced per member).
         dequantization_samples: noise draws per integer image for its likelihood estimate
@@ -256,6 +257,7 @@ class OODDetector:
             fit_kwargs=fit_kwargs,
             seed=seed,
             what="background='perturbed'",
+            hint="train a background flow yourself and pass background=that_flow",
         )
 
     def _ensemble(self, ensemble, train_data, train_context, fit_kwargs) -> list:
@@ -274,6 +276,7 @@ class OODDetector:
                 fit_kwargs=fit_kwargs,
                 seed=base + k,
                 what="ensemble=<number>",
+                hint="train the other flows yourself and pass ensemble=[flow2, flow3, ...]",
             )
             for k in range(1, ensemble + 1)
         ]

@@ -329,11 +329,13 @@ def train_copy(
     fit_kwargs: Mapping | None = None,
     seed: int = 0,
     what: str = "this option",
+    hint: str = "train the flows yourself and pass them instead",
 ):
     """A fresh flow of ``flow``'s class and configuration (from ``flow.config``), trained with
     :func:`~pyroflows.fit` on ``data`` (1000 steps, no progress bar and the bits/dim objective
     when ``levels`` is set, unless ``fit_kwargs`` say otherwise; seed ``seed``), in eval mode.
-    Used for perturbed backgrounds and ensembles; ``what`` names the option in the error."""
+    Used for perturbed backgrounds and ensembles; ``what`` names the option in the error raised
+    when ``flow`` has no configuration, ``hint`` says what to do instead."""
     from ..flows import FLOWS
     from ..infer import fit
     from .bits import bits_per_dim_loss
@@ -342,8 +344,7 @@ def train_copy(
     if not config or config.get("class") not in FLOWS:
         raise ValueError(
             f"{what} rebuilds the flow from its .config, but this flow has no configuration "
-            "(it was built from a list of transforms); train the flows yourself and pass "
-            "them instead"
+            f"(it was built from a list of transforms); {hint}"
         )
     kwargs = dict(config)
     copy = FLOWS[kwargs.pop("class")](**kwargs)
