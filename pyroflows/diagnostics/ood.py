@@ -119,9 +119,9 @@ class OODDetector:
     Which to use: measure it with :meth:`compare` on any OOD examples you have. Without any,
     use ``"combined"``, for integer images with ``dequantization_samples=8`` (on the digits
     benchmark in docs/benchmarks.md it is at 0.996 AUROC or more on every synthetic shift and
-    0.002-0.008 above the likelihood on unseen classes, where ``"complexity"`` alone loses; no
-    score was clearly above the likelihood there, and a five-flow ``ensemble`` added at most
-    0.003); ``"ratio"`` with ``background="perturbed"`` is the published alternative for
+    from 0.003 below to 0.008 above the likelihood on unseen classes, where ``"complexity"``
+    alone loses; no score was clearly above the likelihood there, and a five-flow ``ensemble``
+    added at most 0.009); ``"ratio"`` with ``background="perturbed"`` is the published alternative for
     semantic shifts and worth a :meth:`compare`. For a batch of inputs known to come from one
     source, :meth:`batch_test` pools the evidence of the whole batch.
 
