@@ -46,7 +46,6 @@ __all__ = [
     "ood_metrics",
     "perturb_inputs",
     "tpr_at_fpr",
-    "train_copy",
 ]
 
 
