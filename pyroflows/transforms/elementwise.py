@@ -10,10 +10,11 @@ A transformer maps one coordinate given parameters produced by a conditioner:
 
 Each function takes one tensor ``params`` holding the ``num_params`` parameters of every
 coordinate on axis ``dim`` (a layer passes its conditioner's output as it comes, e.g.
-``(..., num_params, D)`` with ``dim=-2``; the other axes broadcast with ``x``) and returns the output and the elementwise log-derivative
-:math:`\log|\partial y / \partial x|` of the forward map (``None`` for volume-preserving
-transformers), in both directions. Every transformer is the identity when all its parameters
-are 0, so zero-initialised conditioners start a flow at the identity.
+``(..., num_params, D)`` with ``dim=-2``; the other axes broadcast with ``x``) and returns the
+output and the elementwise log-derivative :math:`\log|\partial y / \partial x|` of the forward
+map (``None`` for volume-preserving transformers), in both directions. Every transformer is the
+identity when all its parameters are 0, so zero-initialised conditioners start a flow at the
+identity.
 
 Layers pick a transformer by name and options with :func:`get_transformer`, which returns the
 number of parameters per coordinate and the function with its options bound.
