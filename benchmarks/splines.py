@@ -64,6 +64,11 @@ best-validation weights), test NLL of the best-validation weights, medians over 
   validation and test are ``pyroflows.bits_per_dim`` (2 noise draws per image, the same noise for
   every contender): bits/dim bounds, exactly how pyroflows computes them.
 
+**Sweep** (``--part sweep``): the experiment behind ``pf.NSF``'s defaults ``bins=8, bound=5``:
+``pf.NSF(2, bins=K, bound=B)`` (coupling form, 5 x (128, 128)) on standardised two moons for
+K in 4, 8, 16 and B in 3, 5, seeds 0 and 1, 1000 steps of 512 (``--sweep-*`` options), test NLL
+at best-validation weights.
+
 ``--variants init-torch`` adds pyroflows with the last layer of every conditioner re-initialised
 by PyTorch's default (``benchmarks/convergence.py``'s mechanism) instead of zeros.
 
@@ -73,6 +78,7 @@ Usage::
     .venv/bin/python benchmarks/splines.py --part speed --quick    # smoke run, D = 2, 8
     .venv/bin/python benchmarks/splines.py --part quality --jsonl q.jsonl
     .venv/bin/python benchmarks/splines.py --part quality --combine q.jsonl   # report only
+    .venv/bin/python benchmarks/splines.py --part sweep        # bins x bound behind NSF's defaults
 """
 
 from __future__ import annotations
@@ -131,9 +137,11 @@ def build_pyroflows(form: str, dim: int, layers: int, hidden: Sequence[int]) -> 
     import pyroflows as pf
 
     fast = None if form == "coupling" else "density"
-    model = pf.NSF(dim, layers, tuple(hidden), bins=BINS, bound=BOUND, fast=fast)
+    model = pf.NSF(
+        dim, num_layers=layers, hidden_dims=tuple(hidden), bins=BINS, bound=BOUND, fast=fast
+    )
     return Contender(
-        "pyroflows", model, log_prob=model.log_prob, sample=lambda n: model.sample((n,))
+        "pyroflows", model, log_prob=model.log_prob, sample=lambda n, m=model: m.sample((n,))
     )
 
 
@@ -558,12 +566,74 @@ def quality_table(records: Sequence[dict]) -> str:
     return markdown_table(headers, rows)
 
 
+# ---- the bins x bound sweep behind NSF's defaults ---------------------------------------------
+
+
+def run_sweep(args: argparse.Namespace, log: Callable[[str], None]) -> list[dict]:
+    """``pf.NSF(2, bins=K, bound=B)`` (coupling form, ``--layers`` x ``--hidden``) on two moons
+    for every K in ``--sweep-bins`` and B in ``--sweep-bounds``, each seed of ``--sweep-seeds``
+    trained by the quality loop (``--sweep-steps`` x 512); test NLL at best-validation weights."""
+    import pyroflows as pf
+
+    data = make_data("moons", 10_000, 5_000, 20_000)
+    records = []
+    for bins in args.sweep_bins:
+        for bound in args.sweep_bounds:
+            for seed in args.sweep_seeds:
+                torch.manual_seed(seed)
+                model = pf.NSF(
+                    2, num_layers=args.layers, hidden_dims=tuple(args.hidden), bins=bins,
+                    bound=bound,
+                )  # fmt: skip
+                c = Contender(
+                    "pyroflows",
+                    model,
+                    log_prob=model.log_prob,
+                    sample=lambda n, m=model: m.sample((n,)),
+                )
+                run = train(
+                    c, data, steps=args.sweep_steps, batch=512, lr=args.lr, seed=seed,
+                    eval_every=args.eval_every,
+                )  # fmt: skip
+                rec = {"bins": bins, "bound": bound, "seed": seed, "params": c.num_params,
+                       "steps": args.sweep_steps, "best_test": run.best_test,
+                       "final_test": run.final_test, "seconds": run.seconds}  # fmt: skip
+                records.append(rec)
+                if args.jsonl:
+                    with open(args.jsonl, "a") as fh:
+                        fh.write(json.dumps(rec) + "\n")
+                log(
+                    f"bins {bins:3d} bound {bound:4.1f} seed {seed}: best-val test "
+                    f"{run.best_test:.4f} final {run.final_test:.4f} [{run.seconds:.1f}s cpu]"
+                )
+    return records
+
+
+def sweep_table(records: Sequence[dict]) -> str:
+    """One row per (bins, bound): test NLL per seed and their mean."""
+    groups: dict[tuple[int, float], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["bins"], r["bound"]), []).append(r)
+    seeds = sorted({r["seed"] for r in records})
+    best = min(statistics.mean(r["best_test"] for r in rs) for rs in groups.values())
+    rows = []
+    for (bins, bound), rs in sorted(groups.items()):
+        by_seed = {r["seed"]: r["best_test"] for r in rs}
+        mean = statistics.mean(by_seed.values())
+        rows.append(
+            [str(bins), f"{bound:g}", f"{rs[0]['params']:,}",
+             *[f"{by_seed[s]:.4f}" if s in by_seed else "" for s in seeds],
+             f"{mean:.4f}" + (" (best)" if mean == best else "")]
+        )  # fmt: skip
+    return markdown_table(["bins", "bound", "params", *[f"seed {s}" for s in seeds], "mean"], rows)
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--part", choices=("speed", "quality"), default="speed")
+    p.add_argument("--part", choices=("speed", "quality", "sweep"), default="speed")
     p.add_argument("--forms", nargs="+", choices=FORMS, default=list(FORMS))
     p.add_argument("--libraries", nargs="+", choices=LIBRARIES, default=list(LIBRARIES))
     p.add_argument("--layers", type=int, default=5)
@@ -595,13 +665,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--digits-steps", type=int, default=150)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=50, help="(wine: every 10 steps)")
-    p.add_argument("--jsonl", help="append every finished quality run to this file")
+    p.add_argument("--jsonl", help="append every finished quality/sweep run to this file")
+    # sweep (NSF's defaults)
+    p.add_argument("--sweep-bins", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--sweep-bounds", type=float, nargs="+", default=[3.0, 5.0])
+    p.add_argument("--sweep-seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--sweep-steps", type=int, default=1000)
     p.add_argument("--combine", nargs="+", metavar="JSONL", help="report these runs, no training")
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.warmup, args.min_time = 3, 1, 0.02
-        args.moons_steps = args.wine_steps = args.digits_steps = 50
-        args.seeds = args.seeds[:1]
+        args.moons_steps = args.wine_steps = args.digits_steps = args.sweep_steps = 50
+        args.seeds, args.sweep_seeds = args.seeds[:1], args.sweep_seeds[:1]
     if args.dims is None:
         args.dims = [2, 8] if args.quick else [2, 8, 64]
     if "pyroflows" not in args.libraries:
@@ -629,6 +704,20 @@ def main(argv: Sequence[str] | None = None) -> str:
         ]
         body = [speed_table(results, args.libraries), "", "Parameter counts:", "",
                 params_table(results)]  # fmt: skip
+    elif args.part == "sweep":
+        if args.combine:
+            records = []
+            for path in args.combine:
+                with open(path) as fh:
+                    records += [json.loads(line) for line in fh]
+        else:
+            records = run_sweep(args, log)
+        body = [
+            "Two moons (standardised; NLL in nats in data units, optimum 0.289), pf.NSF(2) coupling "
+            "form, test NLL at best-validation weights.",
+            "",
+            sweep_table(records),
+        ]
     else:
         if args.combine:
             records = []

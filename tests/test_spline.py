@@ -22,17 +22,14 @@ F64 = torch.float64
 
 
 def _params(n: int, bins: int, scale: float = 1.0, dtype=torch.float32, seed: int = 0):
+    """``(n, 3 * bins - 1)`` raw parameters: the parameter axis last (``dim=-1``)."""
     g = torch.Generator().manual_seed(seed)
-    return tuple(
-        scale * torch.randn(n, generator=g, dtype=F64).to(dtype) for _ in range(3 * bins - 1)
-    )
+    return scale * torch.randn(3 * bins - 1, n, generator=g, dtype=F64).to(dtype).T
 
 
 def _spline(x, params, bins, bound, inverse=False):
     n = x.shape[0]
-    return rational_quadratic_spline(
-        x, tuple(p[:n] for p in params), bins=bins, bound=bound, inverse=inverse
-    )
+    return rational_quadratic_spline(x, params[:n], bins=bins, bound=bound, inverse=inverse)
 
 
 # ---- an independent evaluation in Python floats --------------------------------------------
@@ -66,7 +63,7 @@ def test_spline_equals_an_independent_closed_form_on_hand_set_knots(bins):
     raw = [0.3, -0.7, 1.1, 0.2, -1.3, 0.9, 0.4, -0.5][: 3 * bins - 1]
     bound = 1.5
     xs = [-4.0, -1.5, -1.2, -0.3, 0.0, 0.41, 0.9, 1.49, 1.5, 2.5]
-    params = tuple(torch.full((len(xs),), r, dtype=F64) for r in raw)
+    params = torch.tensor(raw, dtype=F64).expand(len(xs), -1)
     x = torch.tensor(xs, dtype=F64)
     y, ld = rational_quadratic_spline(x, params, bins=bins, bound=bound)
     want = [_py_spline(v, raw, bins, bound) for v in xs]
@@ -88,14 +85,14 @@ def test_spline_equals_an_independent_closed_form_on_hand_set_knots(bins):
 
 def test_zero_parameters_give_the_identity():
     x = torch.linspace(-7, 7, 1001)
-    y, ld = _spline(x, tuple(torch.zeros(1001) for _ in range(23)), 8, 3.0)
+    y, ld = _spline(x, torch.zeros(1001, 23), 8, 3.0)
     assert torch.allclose(y, x, atol=1e-6, rtol=0) and ld.abs().max() < 1e-6
 
 
 def test_spline_is_strictly_monotonic():
     bins, bound = 8, 3.0
     x = torch.linspace(-6, 6, 20001, dtype=F64)
-    params = tuple(p.expand(20001) for p in _params(1, bins, scale=3.0, dtype=F64))
+    params = _params(1, bins, scale=3.0, dtype=F64).expand(20001, -1)
     y, ld = _spline(x, params, bins, bound)
     assert bool((y.diff() > 0).all()) and bool(torch.isfinite(ld).all())
     x_back, _ = _spline(y, params, bins, bound, inverse=True)
@@ -106,12 +103,11 @@ def test_value_and_slope_are_continuous_at_bin_edges_and_at_the_tails():
     # the slope may change fast inside a narrow bin: compare one-sided values 1e-12 apart
     bins, bound, eps = 5, 2.0, 1e-12
     params = _params(1, bins, scale=2.0, dtype=F64)
-    knots, _ = _knots(torch.stack(params, -1)[..., :bins], 1e-3, bound)
-    edges = knots[0]  # -B, the inner knots, B
+    edges = _knots(params[..., :bins], 1e-3, bound)[0]  # -B, the inner knots, B
     assert edges[0] == -bound and edges[-1] == bound
     n = 3 * len(edges)
     x = torch.cat([edges - eps, edges, edges + eps])
-    y, ld = _spline(x, tuple(p.expand(n) for p in params), bins, bound)
+    y, ld = _spline(x, params.expand(n, -1), bins, bound)
     left, mid, right = y.view(3, -1)
     assert torch.allclose(left, mid, atol=1e-10, rtol=0)
     assert torch.allclose(right, mid, atol=1e-10, rtol=0)
@@ -124,24 +120,23 @@ def test_value_and_slope_are_continuous_at_bin_edges_and_at_the_tails():
 def test_inputs_on_bin_edges_map_to_the_knots():
     bins, bound = 4, 3.0
     params = _params(1, bins, scale=1.5, dtype=F64)
-    p = torch.stack(params, -1)
-    xk, _ = _knots(p[..., :bins], 1e-3, bound)
-    yk, _ = _knots(p[..., bins : 2 * bins], 1e-3, bound)
-    y, _ = _spline(xk[0], tuple(t.expand(bins + 1) for t in params), bins, bound)
+    xk = _knots(params[..., :bins], 1e-3, bound)
+    yk = _knots(params[..., bins : 2 * bins], 1e-3, bound)
+    y, _ = _spline(xk[0], params.expand(bins + 1, -1), bins, bound)
     assert torch.allclose(y, yk[0], atol=1e-12, rtol=0)
-    x, _ = _spline(yk[0], tuple(t.expand(bins + 1) for t in params), bins, bound, inverse=True)
+    x, _ = _spline(yk[0], params.expand(bins + 1, -1), bins, bound, inverse=True)
     assert torch.allclose(x, xk[0], atol=1e-12, rtol=0)
 
 
 def test_all_tail_batches_are_the_identity_with_finite_gradients():
     # nflows issue 23: a batch with no input inside the interval raised a RuntimeError
-    params = tuple(p.requires_grad_() for p in _params(4, 8, scale=2.0))
+    params = _params(4, 8, scale=2.0).detach().requires_grad_()
     x = torch.tensor([-1e30, -5.0, 3.0000002, 1e30])
     for inverse in (False, True):
         y, ld = _spline(x, params, 8, 3.0, inverse=inverse)
         assert torch.equal(y, x) and torch.equal(ld, torch.zeros(4))
         (y.sum() + ld.sum()).backward()
-        assert all(torch.isfinite(p.grad).all() for p in params)
+        assert bool(torch.isfinite(params.grad).all())
 
 
 def test_huge_inputs_have_a_finite_log_prob_in_float32_and_float64():
@@ -158,7 +153,7 @@ def test_float32_round_trip_below_1e5_on_a_dense_grid(bins):
     # raw parameters ~ N(0, 0.5^2): slopes down to ~0.06. (At N(0, 1), slopes reach ~3e-3 and the
     # exact inverse of the float32 y is itself off by ~1e-4: that is conditioning, not the solver.)
     bound, n = 3.0, 20001
-    params = tuple(p.expand(n) for p in _params(1, bins, scale=0.5, seed=bins))
+    params = _params(1, bins, scale=0.5, seed=bins).expand(n, -1)
     x = torch.linspace(-bound, bound, n)
     y, ld = _spline(x, params, bins, bound)
     x_back, ld_back = _spline(y, params, bins, bound, inverse=True)
@@ -177,7 +172,7 @@ def test_float32_inverse_is_accurate_next_to_flat_bins():
     # one nearly flat bin (height at its minimum) beside steep ones: the root stays in [0, 1]
     bins, bound, n = 4, 3.0, 4001
     raw = [0.0] * bins + [6.0, -6.0, 6.0, 6.0] + [4.0, -4.0, 0.0]
-    params = tuple(torch.full((n,), r) for r in raw)
+    params = torch.tensor(raw).expand(n, -1)
     y = torch.linspace(-bound, bound, n)
     x, _ = _spline(y, params, bins, bound, inverse=True)
     y_back, _ = _spline(x, params, bins, bound)
@@ -208,6 +203,42 @@ def test_transformer_table_binds_each_transformers_own_options():
         T.Coupling(4, hidden_dims=(8,), transformer="spline", bins=5).conditioner.out_features
         == 14 * 2
     )
+
+
+@pytest.mark.parametrize("coords", [1, 3, 8, 20])  # below and above the transposed-copy size
+@pytest.mark.parametrize("inverse", [False, True])
+def test_transformers_take_one_parameter_tensor_on_any_axis(coords, inverse):
+    # layers hand the conditioner's output (..., P, D) over as it comes (dim=-2); the result
+    # equals the same parameters laid out on the last axis, for every transformer
+    g = torch.Generator().manual_seed(coords)
+    x = 2 * torch.randn(5, coords, generator=g, dtype=F64)
+    for name, options in (("spline", {"bins": 4, "bound": 3.0}), ("affine", {}), ("additive", {})):
+        n, tau = T.get_transformer(name, **options)
+        p = torch.randn(5, n, coords, generator=g, dtype=F64)
+        y, ld = tau(x, p, inverse=inverse, dim=-2)
+        y_last, ld_last = tau(x, p.transpose(-1, -2), inverse=inverse)
+        assert torch.allclose(y, y_last, atol=1e-12, rtol=0)
+        assert (ld is None and ld_last is None) or torch.allclose(ld, ld_last, atol=1e-12, rtol=0)
+    # one parameter set broadcast over a batch, and an image-shaped parameter axis (dim=-4)
+    p = torch.randn(11, coords, generator=g, dtype=F64)
+    y, _ = rational_quadratic_spline(x, p, dim=-2, bins=4, bound=3.0)
+    y_each, _ = rational_quadratic_spline(x, p.expand(5, 11, coords), dim=-2, bins=4, bound=3.0)
+    assert torch.equal(y, y_each)
+    img = torch.randn(2, 11, 1, coords, 2, generator=g, dtype=F64)
+    xi = torch.randn(2, 1, coords, 2, generator=g, dtype=F64)
+    y, ld = rational_quadratic_spline(xi, img, dim=-4, bins=4, bound=3.0, inverse=inverse)
+    y_last, ld_last = rational_quadratic_spline(
+        xi, img.movedim(-4, -1), bins=4, bound=3.0, inverse=inverse
+    )
+    assert torch.allclose(y, y_last, atol=1e-12, rtol=0) and y.shape == xi.shape
+    assert torch.allclose(ld, ld_last, atol=1e-12, rtol=0)
+
+
+def test_spline_parameter_count_and_axis_errors_say_what_to_pass():
+    with pytest.raises(ValueError, match=r"expected 11 spline parameters .* got shape \(3, 5\)"):
+        rational_quadratic_spline(torch.zeros(3), torch.zeros(3, 5), bins=4)
+    with pytest.raises(ValueError, match="dim must be a negative axis"):
+        rational_quadratic_spline(torch.zeros(3), torch.zeros(3, 11), bins=4, dim=1)
 
 
 # ---- layers --------------------------------------------------------------------------------
@@ -286,9 +317,28 @@ def test_nsf_two_dimensional_layers_alternate_halves():
     flow = pf.NSF(2, num_layers=3)
     assert [type(t).__name__ for t in flow.transforms] == ["Coupling"] * 3
     assert [t.swap for t in flow.transforms] == [False, True, False]
-    ar = pf.NSF(3, num_layers=2, fast="sample").transforms
-    assert [t.fast for t in ar] == ["sample"] * 2
-    assert [t.conditioner.order.tolist() for t in ar] == [[0, 1, 2], [2, 1, 0]]
+    ar = pf.NSF(2, num_layers=3, fast="sample").transforms
+    assert [t.fast for t in ar] == ["sample"] * 3
+    assert [t.conditioner.order.tolist() for t in ar] == [[0, 1], [1, 0], [0, 1]]
+
+
+def test_autoregressive_nsf_takes_seeded_random_orders_each_followed_by_its_reverse():
+    # the orders that beat natural/reversed ones on the 64-D digits (docs/benchmarks.md)
+    orders = [
+        t.conditioner.order.tolist() for t in pf.NSF(5, num_layers=4, fast="density").transforms
+    ]
+    first, third = (torch.randperm(5, generator=torch.Generator().manual_seed(k)) for k in (0, 2))
+    assert orders == [
+        first.tolist(),
+        first.flip(0).tolist(),
+        third.tolist(),
+        third.flip(0).tolist(),
+    ]
+    assert orders[0] != list(range(5)) and orders[0] != orders[2]
+    again = [
+        t.conditioner.order.tolist() for t in pf.NSF(5, num_layers=4, fast="density").transforms
+    ]
+    assert again == orders  # fixed, whatever the global seed
 
 
 def test_save_load_keeps_spline_options(tmp_path):

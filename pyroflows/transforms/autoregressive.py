@@ -104,8 +104,8 @@ class MaskedAutoregressive(FlowTransform):
         return f"MaskedAutoregressive(fast={self.fast!r})"
 
     def _parallel(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        params = self.conditioner(v, context).unbind(-2)
-        out, s = self._tau(v, params, inverse=inverse)
+        params = self.conditioner(v, context)  # (..., num_params, D)
+        out, s = self._tau(v, params, inverse=inverse, dim=-2)
         return out, (s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1]))
 
     def _sequential(
@@ -114,8 +114,7 @@ class MaskedAutoregressive(FlowTransform):
         # the conditioner reads the unknown side w: iterate w <- tau(u; theta(w)), D passes
         w, s = u.new_zeros(u.shape), None
         for _ in range(self.event_shape[0]):
-            params = self.conditioner(w, context).unbind(-2)
-            w, s = self._tau(u, params, inverse=inverse)
+            w, s = self._tau(u, self.conditioner(w, context), inverse=inverse, dim=-2)
         return w, (s.sum(-1) if s is not None else w.new_zeros(w.shape[:-1]))
 
     def forward_and_log_det(

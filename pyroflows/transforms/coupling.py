@@ -120,16 +120,17 @@ class Coupling(FlowTransform):
     def _merge(self, ident: Tensor, trans: Tensor) -> Tensor:
         return torch.cat((trans, ident) if self.swap else (ident, trans), dim=-1)
 
-    def _params(self, ident: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
-        h = self.conditioner(ident, context)
-        return h.unflatten(-1, (self.num_params, -1)).unbind(-2)
+    def _params(self, ident: Tensor, context: Tensor | None) -> Tensor:
+        """The conditioner's output ``(..., num_params, *trans_shape)``: one tensor, the
+        parameters on axis ``-1 - len(event_shape)``, as the transformer takes it."""
+        return self.conditioner(ident, context).unflatten(-1, (self.num_params, -1))
 
     # --- the math, once -------------------------------------------------------------------
     def _couple(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         ident, trans = self._split(v)
-        params = self._params(ident, context)
-        out, s = self._tau(trans, params, inverse=inverse)
         n = len(self.event_shape)
+        params = self._params(ident, context)
+        out, s = self._tau(trans, params, inverse=inverse, dim=-1 - n)
         batch = out.shape[: out.dim() - n]
         if ident.shape[: ident.dim() - n] != batch:  # a batched context broadcasts the output
             ident = ident.expand(*batch, *ident.shape[ident.dim() - n :])

@@ -288,11 +288,10 @@ class ImageCoupling(Coupling):
         ident = ident.expand(*trans.shape[:-3], *ident.shape[-3:])
         return torch.cat((trans, ident) if self.swap else (ident, trans), dim=-3)
 
-    def _params(self, ident: Tensor, context: Tensor | None) -> tuple[Tensor, ...]:
-        params = self.conditioner(ident, context).unflatten(-3, (self.num_params, -1)).unbind(-4)
+    def _params(self, ident: Tensor, context: Tensor | None) -> Tensor:
+        params = self.conditioner(ident, context).unflatten(-3, (self.num_params, -1))
         if self.mask == "checkerboard":
-            keep = 1 - self.board
-            params = tuple(p * keep for p in params)
+            params = params * (1 - self.board)
         return params
 
     def _log_det(self, s: Tensor, event_dims: int) -> Tensor:
