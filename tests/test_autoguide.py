@@ -279,6 +279,35 @@ def test_a_saved_guide_whose_layout_and_scale_disagree_is_refused(tmp_path):
         pf.load(tmp_path / "guide.pt", model=model)
 
 
+@pytest.mark.parametrize(
+    ("make", "loss", "expected"),
+    [
+        (lambda m: pf.AutoFlow(m, pf.IAF, num_layers=1, hidden_dims=(8,)), None, "TraceSTL_ELBO"),
+        (lambda m: pf.AutoFlow(m, pf.IAF, num_layers=1, hidden_dims=(8,)), "elbo", "Trace_ELBO"),
+        (AutoNormal, None, "Trace_ELBO"),
+    ],
+)
+def test_fit_svi_uses_the_guides_default_loss(monkeypatch, make, loss, expected):
+    import pyroflows.infer.svi as svi
+
+    used = []
+
+    def spy(cls):
+        class Spy(cls):
+            def __init__(self, *args, **kwargs):
+                used.append(cls.__name__)
+                super().__init__(*args, **kwargs)
+
+        return Spy
+
+    monkeypatch.setattr(svi, "Trace_ELBO", spy(svi.Trace_ELBO))
+    monkeypatch.setattr(svi, "TraceSTL_ELBO", spy(svi.TraceSTL_ELBO))
+    model = _correlated()
+    options = {} if loss is None else {"loss": loss}
+    pf.fit_svi(model, make(model), steps=2, progress=False, final_check=False, **options)
+    assert used == [expected]
+
+
 def test_is_an_autocontinuous_guide():
     # AutoFlow is an AutoContinuous: it works wherever Pyro's own guides do
     guide = pf.AutoFlow(funnel(3).model, pf.MAF, num_layers=1, hidden_dims=(8,))
