@@ -18,8 +18,10 @@ Guides (``--guides``): ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRank
 ``AutoFlow`` with every family in :data:`FAMILIES` that this pyroflows has (``IAF``, ``MAF``,
 ``RealNVP``, ``NSF`` once it lands): ``AutoFlow`` alone is ``pf.AutoFlow(model)`` at its
 defaults; ``AutoFlow:key=value:...`` sets options, which is how the defaults sweep runs: keys
-``flow`` (a family), ``init_scale``, ``layers``, ``hidden`` (``64``, ``64x64`` or ``3D+1``),
-``lr`` and ``loss`` (fit_svi's, for this guide only).
+``flow`` (a family), ``init_scale``, ``affine`` (``tril``, ``diagonal``), ``layers``,
+``hidden`` (``64``, ``64x64`` or ``3D+1``), ``last`` (``zero``, the presets' initialisation of
+the conditioners' last layers, or ``torch``, PyTorch's random one), ``lr`` and ``loss``
+(fit_svi's, for this guide only).
 
 Usage::
 
@@ -122,13 +124,35 @@ def make_guide(spec: str, target: VITarget) -> tuple[Callable, dict]:
         kwargs["flow"] = getattr(pf, opts.pop("flow"))
     if "init_scale" in opts:
         kwargs["init_scale"] = float(opts.pop("init_scale"))
+    if "affine" in opts:
+        kwargs["affine"] = opts.pop("affine")
     if "layers" in opts:
         kwargs["num_layers"] = int(opts.pop("layers"))
     if "hidden" in opts:
         kwargs["hidden_dims"] = _hidden(opts.pop("hidden"), dim)
+    if opts.get("last", "zero") not in ("zero", "torch"):
+        raise SystemExit(f"last must be zero or torch in {spec!r}")
+    if opts.pop("last", "zero") == "torch":
+        kwargs["flow"] = _torch_last_layers(kwargs.get("flow", pf.IAF))
     if opts:
         raise SystemExit(f"unknown AutoFlow options {sorted(opts)} in {spec!r}")
     return pf.AutoFlow(model, **kwargs), fit
+
+
+def _torch_last_layers(family: Callable) -> Callable:
+    """A factory of ``family`` flows whose conditioners' last layers have PyTorch's default
+    (random) initialisation instead of zeros (the ``last=torch`` sweep option)."""
+
+    def build(dim: int, **kwargs):
+        flow = family(dim, **kwargs)
+        for module in flow.modules():
+            net = getattr(module, "net", None)
+            if isinstance(net, torch.nn.Sequential) and isinstance(net[-1], torch.nn.Linear):
+                net[-1].reset_parameters()
+        return flow
+
+    build.__name__ = getattr(family, "__name__", "flow")
+    return build
 
 
 def _moment_error(target: VITarget, guide: Callable, draws: int) -> float:

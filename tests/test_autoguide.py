@@ -153,6 +153,161 @@ def test_neutra_reparam_uses_base_and_transform():
     assert neutra.transform_sample(latent)["x"].shape == (5, 2)
 
 
+def _correlated(dim=3):
+    def model():
+        cov = 0.5 * torch.eye(dim) + 0.5
+        pyro.sample("x", dist.MultivariateNormal(torch.zeros(dim), cov))
+
+    return model
+
+
+def test_default_affine_is_lower_triangular_and_starts_at_an_isotropic_gaussian():
+    model = _correlated()
+    guide = pf.AutoFlow(model, pf.IAF, num_layers=2, hidden_dims=(8,), init_scale=0.5)
+    guide()
+    assert guide.affine == "tril"
+    torch.testing.assert_close(guide.scale_tril.detach(), torch.eye(3))
+    torch.testing.assert_close(guide.scale.detach(), torch.full((3,), 0.5))
+    z = torch.randn(5, 3)
+    expected = dist.MultivariateNormal(guide.loc.detach(), 0.25 * torch.eye(3)).log_prob(z)
+    torch.testing.assert_close(guide.get_posterior().log_prob(z), expected)
+    # SVI learns the correlation through scale_tril (AutoMultivariateNormal's parameters)
+    svi = _svi(model, guide, particles=8, lr=5e-2)
+    for _ in range(30):
+        svi.step()
+    assert float(guide.scale_tril.detach().tril(-1).abs().max()) > 0.05
+
+
+def test_tril_log_density_is_the_closed_form():
+    pyro.set_rng_seed(0)
+    guide = pf.AutoFlow(_correlated(), pf.IAF, num_layers=2, hidden_dims=(8,))
+    guide()
+    unit = torch.tensor([[1.0, 0.0, 0.0], [0.7, 1.0, 0.0], [-0.4, 0.3, 1.0]])
+    scale = torch.tensor([0.5, 2.0, 1.5])
+    guide.loc.data = torch.tensor([1.0, -1.0, 0.5])
+    guide.scale_tril = unit
+    guide.scale = scale
+    tril = scale[:, None] * unit
+    z = torch.randn(6, 3)
+    with torch.no_grad():  # flow at the identity: exactly N(loc, L L^T)
+        mvn = dist.MultivariateNormal(guide.loc, scale_tril=tril)
+        torch.testing.assert_close(guide.get_posterior().log_prob(z), mvn.log_prob(z))
+        for p in guide.flow.parameters():  # a non-trivial flow: log q(z) through the flow
+            p.add_(0.3 * torch.randn_like(p))
+        eps = torch.linalg.solve_triangular(tril, (z - guide.loc).unsqueeze(-1), upper=False)
+        closed = guide.flow().log_prob(eps.squeeze(-1)) - scale.log().sum()
+        torch.testing.assert_close(guide.get_posterior().log_prob(z), closed)
+        base = guide.get_base_dist().sample((4,))
+        f = base
+        for t in guide.flow.transforms:
+            f = t(f)
+        expected = guide.loc + (tril @ f.unsqueeze(-1)).squeeze(-1)
+        torch.testing.assert_close(guide.get_transform()(base), expected)
+
+
+def test_diagonal_affine_is_the_old_guide_and_auto_switches_above_the_dimension_limit(
+    monkeypatch,
+):
+    guide = pf.AutoFlow(_correlated(), pf.IAF, num_layers=1, hidden_dims=(8,), affine="diagonal")
+    guide()
+    assert guide.affine == "diagonal" and not hasattr(guide, "scale_tril")
+    z = torch.randn(5, 3)
+    expected = dist.Normal(guide.loc.detach(), 1.0).to_event(1).log_prob(z)
+    torch.testing.assert_close(guide.get_posterior().log_prob(z), expected)
+    monkeypatch.setattr(pf.infer.autoguide, "TRIL_MAX_DIM", 2)
+    big = pf.AutoFlow(_correlated(3), pf.IAF, num_layers=1, hidden_dims=(8,))
+    big()
+    assert big.affine == "diagonal"
+    pyro.clear_param_store()  # the next guide has the same parameter names
+    small = pf.AutoFlow(_correlated(2), pf.IAF, num_layers=1, hidden_dims=(8,))
+    small()
+    assert small.affine == "tril"
+
+
+def _saved_guide(affine, drop_affine_key=False):
+    pyro.set_rng_seed(0)
+    model = _correlated()
+    guide = pf.AutoFlow(model, pf.IAF, num_layers=2, hidden_dims=(8,), affine=affine)
+    svi = _svi(model, guide, particles=4, lr=5e-2)
+    for _ in range(5):
+        svi.step()
+    if drop_affine_key:  # what pyroflows 0.1 wrote: no "affine" in the layout, no scale_tril
+        parts = guide._saved_parts
+
+        def old_parts():
+            config, layout, state = parts()
+            del layout["affine"]
+            return config, layout, state
+
+        guide._saved_parts = old_parts
+    return model, guide
+
+
+@pytest.mark.parametrize(
+    ("affine", "old"), [("tril", False), ("diagonal", False), ("diagonal", True)]
+)
+def test_save_and_load_keep_the_affine_and_read_old_diagonal_guides(tmp_path, affine, old):
+    model, guide = _saved_guide(affine, drop_affine_key=old)
+    path = tmp_path / "guide.pt"
+    guide.save(path)
+    z = torch.randn(7, 3)
+    with torch.no_grad():
+        expected = guide.get_posterior().log_prob(z)
+    pyro.clear_param_store()
+    again = pf.load(path, model=model)
+    again()
+    assert again.affine == affine
+    with torch.no_grad():
+        torch.testing.assert_close(again.get_posterior().log_prob(z), expected)
+    if affine == "tril":
+        assert float(again.scale_tril.detach().tril(-1).abs().max()) > 0
+        torch.testing.assert_close(again.scale_tril, guide.scale_tril)
+
+
+def test_a_saved_guide_whose_layout_and_scale_disagree_is_refused(tmp_path):
+    model, guide = _saved_guide("diagonal")
+    parts = guide._saved_parts
+
+    def wrong():
+        config, layout, state = parts()
+        layout["affine"] = "tril"
+        return config, layout, state
+
+    guide._saved_parts = wrong
+    guide.save(tmp_path / "guide.pt")
+    with pytest.raises(ValueError, match="affine='tril' but its state lacks a 'scale_tril'"):
+        pf.load(tmp_path / "guide.pt", model=model)
+
+
+@pytest.mark.parametrize(
+    ("make", "loss", "expected"),
+    [
+        (lambda m: pf.AutoFlow(m, pf.IAF, num_layers=1, hidden_dims=(8,)), None, "TraceSTL_ELBO"),
+        (lambda m: pf.AutoFlow(m, pf.IAF, num_layers=1, hidden_dims=(8,)), "elbo", "Trace_ELBO"),
+        (AutoNormal, None, "Trace_ELBO"),
+    ],
+)
+def test_fit_svi_uses_the_guides_default_loss(monkeypatch, make, loss, expected):
+    import pyroflows.infer.svi as svi
+
+    used = []
+
+    def spy(cls):
+        class Spy(cls):
+            def __init__(self, *args, **kwargs):
+                used.append(cls.__name__)
+                super().__init__(*args, **kwargs)
+
+        return Spy
+
+    monkeypatch.setattr(svi, "Trace_ELBO", spy(svi.Trace_ELBO))
+    monkeypatch.setattr(svi, "TraceSTL_ELBO", spy(svi.TraceSTL_ELBO))
+    model = _correlated()
+    options = {} if loss is None else {"loss": loss}
+    pf.fit_svi(model, make(model), steps=2, progress=False, final_check=False, **options)
+    assert used == [expected]
+
+
 def test_is_an_autocontinuous_guide():
     # AutoFlow is an AutoContinuous: it works wherever Pyro's own guides do
     guide = pf.AutoFlow(funnel(3).model, pf.MAF, num_layers=1, hidden_dims=(8,))
@@ -167,6 +322,7 @@ def test_is_an_autocontinuous_guide():
         (lambda m: pf.AutoFlow(m, pf.IAF(3)), TypeError, "not a built Flow"),
         (lambda m: pf.AutoFlow(m, flow="IAF"), TypeError, "Flow class"),
         (lambda m: pf.AutoFlow(m, init_scale=0.0), ValueError, "init_scale"),
+        (lambda m: pf.AutoFlow(m, affine="full"), ValueError, "affine must be one of 'auto'"),
         (lambda m: pf.AutoFlow(m, init_loc_fn=1), TypeError, "init_loc_fn"),
         (lambda m: pf.AutoFlow(m, lambda d: pf.IAF(d + 1))(), ValueError, "event_shape"),
         (lambda m: pf.AutoFlow(m, lambda d: torch.nn.Linear(d, d))(), TypeError, "not a pf.Flow"),

@@ -4,17 +4,22 @@ Like Pyro's :class:`~pyro.infer.autoguide.AutoContinuous` guides, ``AutoFlow`` m
 site of the model to unconstrained space, concatenates them into one vector of size :math:`D`,
 and fits a single joint distribution over it [1]. The posterior is
 
-.. math:: z = \mu + \sigma \odot f(\varepsilon), \qquad \varepsilon \sim p_0,
+.. math:: z = \mu + L f(\varepsilon), \qquad \varepsilon \sim p_0,
 
 where :math:`f` is the flow's bijection (any pyroflows family: IAF, MAF, RealNVP, NICE, Glow,
 Planar, ...), :math:`p_0` its base distribution (a standard normal for the presets) and
-:math:`\mu, \sigma` are learnable, initialised at the ``init_loc_fn`` location and at
-``init_scale``. The presets start at the identity (Glow at a rotation, which leaves
-:math:`N(0, I)` unchanged; Planar at a small random map), so the guide starts at
-:math:`N(\mu, \sigma^2)`, like ``AutoDiagonalNormal``, and the flow works in standardised
-coordinates. The location and scale sit on the latent side of the flow rather than on its base
-side because there they survive any rotation or permutation inside the flow. (Pyro's
-``AutoNormalizingFlow`` has neither: its flow starts from a fixed :math:`N(0, I)`.)
+:math:`\mu` and the lower-triangular :math:`L = \operatorname{diag}(\sigma)\,U` (positive
+:math:`\sigma`, unit lower-triangular :math:`U`: ``AutoMultivariateNormal``'s parametrisation)
+are learnable, initialised at the ``init_loc_fn`` location and at ``init_scale`` times the
+identity. The presets start at the identity (Glow at a rotation, which leaves :math:`N(0, I)`
+unchanged; Planar at a small random map), so the guide starts at, and contains,
+``AutoMultivariateNormal``: :math:`N(\mu, L L^\top)`, whose parameters learn at that guide's
+rate, while the flow works in standardised, decorrelated coordinates and only adds to it.
+With ``affine="diagonal"`` (the default above ``TRIL_MAX_DIM`` latent dimensions, where a dense
+:math:`L` costs more than the flow) :math:`L = \operatorname{diag}(\sigma)`, which contains
+``AutoDiagonalNormal``. The affine map sits on the latent side of the flow rather than on its
+base side because there it survives any rotation or permutation inside the flow. (Pyro's
+``AutoNormalizingFlow`` has none: its flow starts from a fixed :math:`N(0, I)`.)
 
 Sampling and scoring take one pass: the guide draws :math:`z` and every transform keeps its
 input, output and log-determinant in its cache slot, so when ``Trace_ELBO`` scores the guide's
@@ -45,6 +50,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.transforms import LowerCholeskyAffine
 from pyro.infer.autoguide import AutoContinuous
 from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn import PyroParam
@@ -57,6 +63,11 @@ from ..flows import IAF, Flow, FlowDistribution
 __all__ = ["AutoFlow"]
 
 FlowSpec = type[Flow] | Callable[..., Flow]
+AFFINES = ("auto", "tril", "diagonal")
+#: ``affine="auto"`` is ``"tril"`` up to this many latent dimensions and ``"diagonal"`` above:
+#: a dense :math:`L` has :math:`D(D+1)/2` parameters and costs :math:`D^2` per draw, as much as
+#: the default IAF's five (64, 64) MADE nets (about :math:`10^3 D`) at :math:`D \approx 1000`.
+TRIL_MAX_DIM = 1000
 
 
 class AutoFlow(AutoContinuous):
@@ -75,14 +86,28 @@ class AutoFlow(AutoContinuous):
             1.0 starts the guide at the scale of Pyro's flow guides (a standard normal base);
             0.1, the scale of Pyro's Gaussian autoguides, trained slowly and unstably in the
             defaults sweep of ``benchmarks/vi_targets.py`` (docs/benchmarks.md).
+        affine: the affine map :math:`z = \mu + L f(\varepsilon)` on the latent side of the
+            flow: ``"tril"`` (a lower-triangular :math:`L = \operatorname{diag}(\sigma) U`, as
+            in ``AutoMultivariateNormal``: the guide contains that guide), ``"diagonal"``
+            (:math:`L = \operatorname{diag}(\sigma)`, the guide of pyroflows 0.1 and of
+            guides saved by it), or ``"auto"`` (default): ``"tril"`` up to
+            ``TRIL_MAX_DIM`` (1000) latent dimensions, ``"diagonal"`` above.
         **flow_kwargs: passed to ``flow``, e.g. ``num_layers=3, hidden_dims=(32, 32)``.
 
     Attributes:
         loc: :math:`\mu`, shape ``(latent_dim,)`` (created when the guide first sees the model).
         scale: :math:`\sigma` (a ``PyroParam`` constrained positive).
+        scale_tril: :math:`U`, shape ``(latent_dim, latent_dim)`` (a ``PyroParam`` constrained
+            unit lower-triangular), when the affine map is ``"tril"``.
+        affine: ``"tril"`` or ``"diagonal"``, the map in use (``"auto"`` resolved when the
+            guide first sees the model).
         flow: the :class:`~pyroflows.Flow` module; its parameters are registered with Pyro's
             parameter store whenever the guide runs, so ``SVI`` optimises them.
         quantile_samples: draws used by :meth:`median` and :meth:`quantiles` (Monte Carlo).
+        default_loss: the loss :func:`~pyroflows.fit_svi` uses for this guide when given none:
+            ``"stl"`` (sticking the landing: in the defaults sweep, at equal steps, a lower KL
+            than ``"elbo"`` on U2, the funnel, a correlated Gaussian and a mixture, a larger
+            mean error on eight schools, at 2-4 times the cost of a step; docs/benchmarks.md).
 
     Example:
         >>> import pyro, pyro.distributions as dist, pyroflows as pf
@@ -101,7 +126,9 @@ class AutoFlow(AutoContinuous):
     """
 
     scale_constraint = constraints.softplus_positive
+    scale_tril_constraint = constraints.unit_lower_cholesky
     quantile_samples: int = 1000
+    default_loss: str = "stl"
     #: (layout, state) of a guide read by :func:`pyroflows.load`, put in place at setup.
     _saved: tuple[dict, dict] | None = None
 
@@ -112,6 +139,7 @@ class AutoFlow(AutoContinuous):
         *,
         init_loc_fn: Callable[[dict], Tensor] = init_to_median,
         init_scale: float = 1.0,
+        affine: str = "auto",
         **flow_kwargs: Any,
     ) -> None:
         if isinstance(flow, Flow):
@@ -136,6 +164,13 @@ class AutoFlow(AutoContinuous):
             or not (math.isfinite(init_scale) and init_scale > 0)
         ):
             raise ValueError(f"init_scale must be a finite number > 0; got {init_scale!r}.")
+        if not isinstance(affine, str) or affine not in AFFINES:
+            raise ValueError(
+                f"affine must be one of {', '.join(map(repr, AFFINES))} (a lower-triangular or a "
+                f"diagonal scale; 'auto' picks by latent dimension); got {affine!r}."
+            )
+        self._affine_option = affine
+        self.affine = affine
         self._flow_spec = flow
         self._flow_kwargs = dict(flow_kwargs)
         self._init_scale = float(init_scale)
@@ -166,6 +201,14 @@ class AutoFlow(AutoContinuous):
         loc = self._init_loc()
         self.loc = nn.Parameter(loc)
         self.scale = PyroParam(torch.full_like(loc, self._init_scale), self.scale_constraint)
+        self.affine = self._affine_option
+        if self.affine == "auto":
+            self.affine = "tril" if self.latent_dim <= TRIL_MAX_DIM else "diagonal"
+        if self.affine == "tril":
+            self.scale_tril = PyroParam(
+                torch.eye(self.latent_dim, dtype=loc.dtype, device=loc.device),
+                self.scale_tril_constraint,
+            )
         self.flow = self._build_flow(self.latent_dim).to(dtype=loc.dtype, device=loc.device)
         if self._saved is not None:
             self._restore_saved()
@@ -178,9 +221,12 @@ class AutoFlow(AutoContinuous):
             )
 
     # ---- the posterior -------------------------------------------------------------------
-    def _affine(self) -> AffineTransform:
+    def _affine(self) -> AffineTransform | LowerCholeskyAffine:
         # cache_size=1: scoring the sample z returns the cached f(eps) object, so the flow's own
         # slots are hit on the way back
+        if self.affine == "tril":
+            tril = self.scale[..., None] * self.scale_tril
+            return LowerCholeskyAffine(self.loc, tril, cache_size=1)
         return AffineTransform(self.loc, self.scale, event_dim=1, cache_size=1)
 
     def get_base_dist(self) -> dist.TorchDistribution:
@@ -189,7 +235,7 @@ class AutoFlow(AutoContinuous):
         return self.flow.base_dist()
 
     def get_transform(self, *args: Any, **kwargs: Any) -> Transform:
-        r"""The map :math:`\varepsilon \mapsto \mu + \sigma \odot f(\varepsilon)` (base -> latent)."""
+        r"""The map :math:`\varepsilon \mapsto \mu + L f(\varepsilon)` (base -> latent)."""
         self._require_setup()
         return ComposeTransform([*self.flow.transforms, self._affine()])
 
@@ -243,8 +289,9 @@ class AutoFlow(AutoContinuous):
 
     # ---- saving and loading (pyroflows.save / pyroflows.load) ----------------------------
     def save(self, path: str | Path, /, **metadata: Any) -> None:
-        r"""Save the guide: its flow (configuration and weights), :math:`\mu`, :math:`\sigma`
-        and the model's latent-site layout, with JSON-able ``metadata``.
+        r"""Save the guide: its flow (configuration and weights), :math:`\mu`, :math:`\sigma`,
+        :math:`U` (``affine="tril"``) and the model's latent-site layout, with JSON-able
+        ``metadata``.
 
         Reload with ``pf.load(path, model=model)`` (see :func:`pyroflows.load`): the model is
         not saved, and the loaded guide checks that it has the same latent sites.
@@ -286,6 +333,7 @@ class AutoFlow(AutoContinuous):
             "latent_dim": int(self.latent_dim),
             "sites": self._site_layout(),
             "quantile_samples": int(self.quantile_samples),
+            "affine": self.affine,
         }
         return self.flow.config, layout, self.state_dict()
 
@@ -316,12 +364,21 @@ class AutoFlow(AutoContinuous):
         for key in ("loc", "scale_unconstrained"):
             if key not in state or tuple(state[key].shape) != (dim,):
                 raise ValueError(f"the guide's {key!r} is missing or not of shape ({dim},)")
+        # guides saved before the lower-triangular affine have a diagonal scale and no "affine"
+        affine = "tril" if "scale_tril_unconstrained" in state else "diagonal"
+        if layout.get("affine", "diagonal") != affine:
+            raise ValueError(
+                f"the guide's layout says affine={layout.get('affine')!r} but its state "
+                f"{'has' if affine == 'tril' else 'lacks'} a 'scale_tril'"
+            )
+        if affine == "tril" and tuple(state["scale_tril_unconstrained"].shape) != (dim, dim):
+            raise ValueError(f"the guide's 'scale_tril' is not of shape ({dim}, {dim})")
 
         def saved_flow(latent_dim: int) -> Flow:
             return flow
 
         saved_flow.__name__ = type(flow).__name__
-        guide = cls(model, saved_flow)
+        guide = cls(model, saved_flow, affine=affine)
         guide._saved = (layout, dict(state))
         samples = layout.get("quantile_samples")
         if isinstance(samples, int) and samples > 0:
@@ -360,7 +417,8 @@ class AutoFlow(AutoContinuous):
         store = pyro.get_param_store()
         prefix = self._pyro_name
         for name in list(store.keys()):
-            if name in (f"{prefix}.loc", f"{prefix}.scale") or name.startswith(f"{prefix}.flow$$$"):
+            own = (f"{prefix}.loc", f"{prefix}.scale", f"{prefix}.scale_tril")
+            if name in own or name.startswith(f"{prefix}.flow$$$"):
                 del store[name]
 
 

@@ -372,7 +372,7 @@ def fit_svi(
     model: Callable,
     guide: Callable,
     *args: Any,
-    loss: str | ELBO = "elbo",
+    loss: str | ELBO | None = None,
     num_particles: int = 1,
     anneal: int = 0,
     final_check: bool = True,
@@ -388,7 +388,11 @@ def fit_svi(
         num_particles: samples per ELBO estimate (vectorised over particles when > 1 and the
             model allows it; otherwise a loop over particles).
         loss: ``"elbo"`` (Pyro's ``Trace_ELBO``), ``"stl"`` (:class:`TraceSTL_ELBO`, the
-            sticking-the-landing gradient), or any Pyro ``ELBO`` instance.
+            sticking-the-landing gradient), or any Pyro ``ELBO`` instance. Default: the
+            guide's ``default_loss`` attribute where it has one (``"stl"`` for
+            :class:`~pyroflows.AutoFlow`, chosen by the defaults sweep of
+            ``benchmarks/vi_targets.py``, docs/benchmarks.md), else ``"elbo"`` (Pyro's own
+            guides).
         anneal: temper the model's log-density (every model site, latent and observed; never
             the guide) by :math:`\\beta` rising linearly from 0.01 to 1 over the first
             ``anneal`` steps (:func:`anneal_beta`), via ``pyro.poutine.scale``.
@@ -455,6 +459,8 @@ def fit_svi(
             f"num_check_samples must be an integer >= 2 (1000 is the default); "
             f"got {num_check_samples!r}. Pass final_check=False to skip the final check."
         )
+    if loss is None:
+        loss = getattr(guide, "default_loss", "elbo")
     if isinstance(loss, ELBO):
         elbo = loss
     elif loss in ("elbo", "stl"):
@@ -527,7 +533,8 @@ def _final_check(
             problems.append(
                 f"the fitted guide is unreliable: {diag}. Its importance weights have a heavy "
                 "tail (the guide misses posterior mass); train longer or with a lower lr, try "
-                "loss='stl', more particles or another flow, and check with "
+                "the other loss (loss='stl' or 'elbo'), more particles or another flow, and "
+                "check with "
                 "pf.psis_diagnostic(..., num_samples=10000)"
             )
     stall = _stall(history)
