@@ -19,6 +19,22 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def fit_calls(monkeypatch):
+    """Record every ``pyroflows.infer.fit(flow, data, **kw)`` call (the fit still runs)."""
+    import pyroflows.infer
+
+    calls: list = []
+    real_fit = pyroflows.infer.fit
+
+    def spy(flow, data, **kw):
+        calls.append((flow, data, kw))
+        return real_fit(flow, data, **kw)
+
+    monkeypatch.setattr(pyroflows.infer, "fit", spy)
+    return calls
+
+
 def perturb(obj, scale: float = 0.3) -> None:
     """Move every parameter away from its (identity) initialisation, so checks are not trivial."""
     with torch.no_grad():

@@ -92,17 +92,8 @@ def test_ensemble_scores_are_the_members_mean_and_waic_adds_their_variance():
     assert det.entropy == pytest.approx(float(ref_nll.mean()))
 
 
-def test_ensemble_of_n_trains_n_copies_with_their_own_seeds(monkeypatch):
-    import pyroflows.infer
-
-    calls = []
-    real_fit = pyroflows.infer.fit
-
-    def spy(flow, data, **kw):
-        calls.append((flow, data, kw))
-        return real_fit(flow, data, **kw)
-
-    monkeypatch.setattr(pyroflows.infer, "fit", spy)
+def test_ensemble_of_n_trains_n_copies_with_their_own_seeds(fit_calls):
+    calls = fit_calls
     torch.manual_seed(0)
     flow = pf.RealNVP(2, num_layers=1, hidden_dims=(4,))
     train = torch.randn(200, 2)
