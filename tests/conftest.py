@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 
@@ -33,6 +34,24 @@ def fit_calls(monkeypatch):
 
     monkeypatch.setattr(pyroflows.infer, "fit", spy)
     return calls
+
+
+def gaussian_flow(dim: int, scale: float = 1.0):
+    """A flow that is exactly N(0, scale^2 I): no transforms, a diagonal base."""
+    import pyroflows as pf
+
+    flow = pf.Flow([], event_shape=(dim,), base="diag")
+    with torch.no_grad():
+        flow.base_log_scale.fill_(math.log(scale))
+    return flow
+
+
+def normal_nll(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """The exact NLL of ``x`` under N(0, scale^2 I), in float64."""
+    d = x.shape[-1]
+    return (x.double() ** 2).sum(-1) / (2 * scale**2) + d * (
+        math.log(scale) + 0.5 * math.log(2 * math.pi)
+    )
 
 
 def perturb(obj, scale: float = 0.3) -> None:

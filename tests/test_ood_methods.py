@@ -10,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import gaussian_flow, normal_nll
 
 import pyroflows as pf
 from pyroflows.diagnostics import (
@@ -21,21 +22,6 @@ from pyroflows.diagnostics import (
     perturb_inputs,
     tpr_at_fpr,
 )
-
-
-def gaussian_flow(dim: int, scale: float = 1.0) -> pf.Flow:
-    """A flow that is exactly N(0, scale^2 I): no transforms, a diagonal base."""
-    flow = pf.Flow([], event_shape=(dim,), base="diag")
-    with torch.no_grad():
-        flow.base_log_scale.fill_(math.log(scale))
-    return flow
-
-
-def normal_nll(x: torch.Tensor, scale: float) -> torch.Tensor:
-    d = x.shape[-1]
-    return (x.double() ** 2).sum(-1) / (2 * scale**2) + d * (
-        math.log(scale) + 0.5 * math.log(2 * math.pi)
-    )
 
 
 def ks_uniform(p: np.ndarray) -> float:

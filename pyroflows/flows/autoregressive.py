@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch  # noqa: F401  (doctests)
 from torch import nn
@@ -11,6 +12,17 @@ from ..transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedA
 from .base import Flow
 
 __all__ = ["IAF", "MAF"]
+
+
+def _autoregressive(
+    input_dim: int, *, hidden_dims: Sequence[int] | None, context_dim: int, **kw: Any
+) -> MaskedAutoregressive:
+    """One masked autoregressive layer, conditional when ``context_dim`` > 0."""
+    if context_dim:
+        return ConditionalMaskedAutoregressive(
+            input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
+        )
+    return MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, **kw)
 
 
 class MAF(Flow):
@@ -38,15 +50,17 @@ class MAF(Flow):
         layers = []
         for k in range(num_layers):
             order = list(range(input_dim)) if k % 2 == 0 else list(range(input_dim - 1, -1, -1))
-            kw = dict(fast=fast, transformer=transformer, order=order, activation=activation)
-            if context_dim:
-                layers.append(
-                    ConditionalMaskedAutoregressive(
-                        input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
-                    )
+            layers.append(
+                _autoregressive(
+                    input_dim,
+                    hidden_dims=hidden_dims,
+                    context_dim=context_dim,
+                    fast=fast,
+                    transformer=transformer,
+                    order=order,
+                    activation=activation,
                 )
-            else:
-                layers.append(MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, **kw))
+            )
         super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)
 
 

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.distributions import Transform
 
-from ..transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedAutoregressive
 from ..transforms.coupling import ConditionalCoupling, Coupling
 from ..transforms.linear import ActNorm, ElementwiseAffine, LULinear
 from ..transforms.multiscale import glow_transforms, is_image_form, realnvp_image_transforms
+from .autoregressive import _autoregressive
 from .base import Flow
 
 __all__ = ["NICE", "NSF", "Glow", "RealNVP"]
@@ -311,13 +311,14 @@ class NSF(Flow):
                     order = torch.randperm(input_dim, generator=g).tolist()
                 else:
                     order = order[::-1]
-                kw = dict(fast=fast or "density", order=order, **spline)
-                if context_dim:
-                    layers.append(
-                        ConditionalMaskedAutoregressive(
-                            input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
-                        )
+                layers.append(
+                    _autoregressive(
+                        input_dim,
+                        hidden_dims=hidden_dims,
+                        context_dim=context_dim,
+                        fast=fast,
+                        order=order,
+                        **spline,
                     )
-                else:
-                    layers.append(MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, **kw))
+                )
         super().__init__(layers, event_shape=(input_dim,), context_dim=context_dim, base=base)

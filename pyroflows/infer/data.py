@@ -165,6 +165,7 @@ class _IndexedFitTask:
         self._data_id, self._id = data_id, None
         self._epoch, self._perm = -1, None
         self._module = group.wrap(_Objective(flow, objective), rows.device)
+        self._check_data_init = True
 
     def named_parameters(self) -> list[tuple[str, Tensor]]:
         return self._named
@@ -199,8 +200,10 @@ class _IndexedFitTask:
 
     def loss(self, step: int) -> tuple[Tensor, Tensor, dict[str, Any]]:
         x, c = self.batch(step)
-        if self.group.active and _pending_data_init(self.flow):
-            self._data_init(x, c)
+        if self._check_data_init:  # once, at the first step this process runs
+            self._check_data_init = False
+            if self.group.active and _pending_data_init(self.flow):
+                self._data_init(x, c)
         failed, value = "", None
         try:
             value = self._module(x, c)
