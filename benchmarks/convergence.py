@@ -12,14 +12,19 @@ log-Jacobian is added back), so they compare with the generator's entropy
 
 Contenders (the builders of ``benchmarks/flows.py``, imported, so the architectures are the ones
 whose parameter counts that benchmark checks: 5 layers, conditioners with two hidden layers of
-128 ReLU units):
+128 ReLU units; ``--flows NSF NICE`` add ``pf.NSF``'s coupling form against zuko's equal-parameter
+spline coupling (``benchmarks/splines.py``'s builder) and ``pf.NICE`` alone, no other library
+building the same flow):
 
 * the other libraries: ``zuko``, ``pyro`` (and ``nflows``, ``normflows`` with ``--libraries``);
 * pyroflows' preset (``pf.MAF`` / ``pf.RealNVP``) in its default configuration and in
   **variants** built here, without touching the library, by changing the constructed objects:
 
   ==================  ==============================================================================
-  ``default``         as shipped: zero last layer, soft bound ``3 tanh(s / 3)``, alternation
+  ``default``         as shipped: soft bound ``3 tanh(s / 3)``, alternation, and the
+                      preset's ``zero_init`` default (zero last layers except RealNVP's)
+  ``init-zero``       last layer of every conditioner zeroed (``zero_init=True``, the identity
+                      start; the same weights as ``default`` before RealNVP's default changed)
   ``init-1e-3``       last layer of every conditioner ~ N(0, 1e-3^2) (weights; bias 0)
   ``init-torch``      last layer re-initialised by ``nn.Linear.reset_parameters`` (PyTorch
                       default, what zuko and Pyro use)
@@ -78,6 +83,12 @@ from benchmarks.common import environment, markdown_table, set_threads
 from benchmarks.flows import BUILDERS, FLOW_NAMES, Contender
 
 LIBRARIES = ("zuko", "pyro", "nflows", "normflows")
+#: flows beyond ``benchmarks/flows.py``'s: ``NSF`` (pyroflows' coupling ``pf.NSF``, 8 bins on
+#: [-5, 5], against zuko's equal-parameter spline coupling, ``benchmarks/splines.py``'s builder)
+#: and ``NICE`` (``pf.NICE``: additive couplings and a scaling layer; no anchor library builds
+#: the same flow, so only pyroflows' variants run)
+EXTRA_FLOWS = ("NSF", "NICE")
+FLOWS = (*FLOW_NAMES, *EXTRA_FLOWS)
 DATASETS = ("moons", "checkerboard", "8gaussians")
 
 
@@ -108,9 +119,20 @@ def _init_normal(std: float) -> Callable[[nn.Module], None]:
     return apply
 
 
+def _init_zero(model: nn.Module) -> None:
+    """The identity start: every conditioner's last layer zeroed (``zero_init=True``)."""
+    with torch.no_grad():
+        for layer in _layers(model):
+            if hasattr(layer, "conditioner"):
+                last = _last_linear(layer)
+                last.weight.zero_()
+                last.bias.zero_()
+
+
 def _init_torch(model: nn.Module) -> None:
     for layer in _layers(model):
-        _last_linear(layer).reset_parameters()
+        if hasattr(layer, "conditioner"):  # NICE's scaling and NSF's permutations have none
+            _last_linear(layer).reset_parameters()
 
 
 def _bound(b: float | None) -> Callable[[nn.Module], None]:
@@ -128,6 +150,7 @@ def _random_perm(model: nn.Module) -> None:
 #: variant name -> modifications applied, in order, to the freshly built preset
 VARIANTS: dict[str, tuple[Callable[[nn.Module], None], ...]] = {
     "default": (),
+    "init-zero": (_init_zero,),
     "init-1e-3": (_init_normal(1e-3),),
     "init-torch": (_init_torch,),
     "bound-none": (_bound(None),),
@@ -153,7 +176,12 @@ def build_variant(
     from pyroflows.transforms import Coupling, MaskedAutoregressive
 
     base = "diag" if variant == "base-diag" else "normal"
-    if variant == "random-perm":
+    if flow in EXTRA_FLOWS:
+        if variant == "random-perm":
+            raise ValueError(f"random-perm is built for MAF and RealNVP only; not {flow}")
+        cls = pf.NSF if flow == "NSF" else pf.NICE
+        model = cls(dim, num_layers=layers, hidden_dims=tuple(hidden), base=base)
+    elif variant == "random-perm":
         gen = torch.Generator().manual_seed(10_000 + seed)
         if flow == "MAF":
             orders = [torch.randperm(dim, generator=gen).tolist() for _ in range(layers)]
@@ -263,15 +291,33 @@ def train(
 # ---- the sweep and the report -----------------------------------------------------------------
 
 
-def contender_names(args: argparse.Namespace) -> list[str]:
-    return [*args.libraries, *(f"pyroflows {v}" for v in args.variants)]
+def contender_names(args: argparse.Namespace, flow: str | None = None) -> list[str]:
+    """The contenders of a run (of ``flow``'s run: the libraries that can build it)."""
+    libs = [lib for lib in args.libraries if flow is None or _library_builder(lib, flow)]
+    return [*libs, *(f"pyroflows {v}" for v in args.variants)]
+
+
+def _library_builder(
+    lib: str, flow: str
+) -> Callable[[str, int, int, Sequence[int]], Contender] | None:
+    """``lib``'s builder of ``flow`` (``(flow, dim, layers, hidden)``), or None if it has none."""
+    if flow in FLOW_NAMES:
+        return BUILDERS[lib]
+    if flow == "NSF" and lib == "zuko":
+        from benchmarks.splines import build_zuko
+
+        return lambda _flow, dim, layers, hidden: build_zuko("coupling", dim, layers, hidden)
+    return None
 
 
 def build(name: str, flow: str, args: argparse.Namespace, seed: int) -> Contender:
     torch.manual_seed(seed)
     if name.startswith("pyroflows "):
         return build_variant(name.split(" ", 1)[1], flow, 2, args.layers, args.hidden, seed)
-    return BUILDERS[name](flow, 2, args.layers, args.hidden)
+    builder = _library_builder(name, flow)
+    if builder is None:
+        raise ValueError(f"{name} has no {flow} here")
+    return builder(flow, 2, args.layers, args.hidden)
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -339,7 +385,7 @@ def report(
                         _cell([r.final_test for r in runs]),
                         f"{_median([float(r.best_step) for r in runs]):.0f}",
                         str(len(runs)),
-                        f"{diff:+.3f}" if name.startswith("pyroflows") else "",
+                        f"{diff:+.3f}" if name.startswith("pyroflows") and others else "",
                     ]
                 )
     return markdown_table(headers, rows)
@@ -347,7 +393,7 @@ def report(
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--flows", nargs="+", choices=FLOW_NAMES, default=list(FLOW_NAMES))
+    p.add_argument("--flows", nargs="+", choices=FLOWS, default=list(FLOW_NAMES))
     p.add_argument("--datasets", nargs="+", choices=DATASETS, default=["moons"])
     p.add_argument("--libraries", nargs="*", choices=LIBRARIES, default=["zuko", "pyro"])
     p.add_argument("--variants", nargs="+", choices=tuple(VARIANTS), help="pyroflows variants")
@@ -456,10 +502,10 @@ def sweep(
     args: argparse.Namespace,
 ) -> tuple[dict[tuple[str, str, str], list[Run]], dict[tuple[str, str], int]]:
     """Train every contender on every (flow, data set, seed); seeds outermost per data set."""
-    names = contender_names(args)
     results: dict[tuple[str, str, str], list[Run]] = {}
     params: dict[tuple[str, str], int] = {}
     for flow in args.flows:
+        names = contender_names(args, flow)
         for name in names:
             params[(flow, name)] = build(name, flow, args, 0).num_params
         pf_names = [n for n in names if n.startswith("pyroflows")]

@@ -10,7 +10,7 @@ from pyroflows.diagnostics import OODDetector, inverse_stability
 
 
 def test_typicality_flags_too_likely_points_that_likelihood_misses():
-    flow = pf.RealNVP(20, num_layers=2, hidden_dims=(8,))  # identity: N(0, I) in 20-D
+    flow = pf.RealNVP(20, num_layers=2, hidden_dims=(8,), zero_init=True)  # N(0, I) in 20-D
     reference = torch.randn(5000, 20)
     near_mode = 0.1 * torch.randn(200, 20)  # higher density than any typical sample
     typ = OODDetector(flow, reference, method="typicality")

@@ -230,6 +230,23 @@ def test_files_written_before_checksums_still_load(tmp_path):
     assert again.metadata == {"note": 1}
 
 
+@pytest.mark.parametrize("cls", [pf.RealNVP, pf.MAF])
+def test_files_written_before_zero_init_load_with_their_weights(tmp_path, cls):
+    flow = cls(2, num_layers=2, hidden_dims=(8,), zero_init=True)
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    pf.save(flow, tmp_path / "m.pt")
+    assert pf.load(tmp_path / "m.pt").config["zero_init"] is True  # recorded from now on
+    payload = torch.load(str(tmp_path / "m.pt"), weights_only=True)
+    config = json.loads(payload["config"])
+    del config["zero_init"]  # as files were written before the option
+    rewrite(tmp_path / "m.pt", config=json.dumps(config))
+    again = pf.load(tmp_path / "m.pt")  # built with today's default, then its weights loaded
+    x = torch.randn(3, 2)
+    torch.testing.assert_close(again.log_prob(x), flow.eval().log_prob(x))
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -160,7 +160,7 @@ class OODDetector:
     Example:
         >>> import torch, pyroflows as pf
         >>> _ = torch.manual_seed(0)
-        >>> flow = pf.RealNVP(10, num_layers=2, hidden_dims=(8,))  # N(0, I) at initialisation
+        >>> flow = pf.RealNVP(10, num_layers=2, hidden_dims=(8,), zero_init=True)  # N(0, I)
         >>> det = OODDetector(flow, torch.randn(20000, 10))
         >>> x = torch.stack([torch.zeros(10), torch.ones(10), 6 * torch.ones(10)])
         >>> det.p_values(x).round(decimals=2)   # the mode is atypical too, not only the tail

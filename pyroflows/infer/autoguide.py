@@ -12,7 +12,9 @@ Planar, ...), :math:`p_0` its base distribution (a standard normal for the prese
 :math:`\sigma`, unit lower-triangular :math:`U`: ``AutoMultivariateNormal``'s parametrisation)
 are learnable, initialised at the ``init_loc_fn`` location and at ``init_scale`` times the
 identity. The presets start at the identity (Glow at a rotation, which leaves :math:`N(0, I)`
-unchanged; Planar at a small random map), so the guide starts at, and contains,
+unchanged; Planar at a small random map): a preset with a ``zero_init`` option is built with
+``zero_init=True`` whatever its own default (zero-initialised last conditioner layers), unless
+``flow_kwargs`` says otherwise. So the guide starts at, and contains,
 ``AutoMultivariateNormal``: :math:`N(\mu, L L^\top)`, whose parameters learn at that guide's
 rate, while the flow works in standardised, decorrelated coordinates and only adds to it.
 With ``affine="diagonal"`` (the default above ``TRIL_MAX_DIM`` latent dimensions, where a dense
@@ -41,6 +43,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,7 +82,9 @@ class AutoFlow(AutoContinuous):
             ``pf.RealNVP``, ``pf.NICE``, ``pf.Glow``, ``pf.Planar``, ...), built as
             ``flow(latent_dim, **flow_kwargs)``, or a factory ``latent_dim -> Flow`` called the
             same way. Fast sampling matters most in a guide; every family works because scoring
-            reads the cache (see the module notes). The default IAF follows [3].
+            reads the cache (see the module notes). The default IAF follows [3]. A flow that
+            takes ``zero_init`` gets ``zero_init=True`` (the identity start) unless
+            ``flow_kwargs`` sets it.
         init_loc_fn: per-site initialisation of :math:`\mu` (see Pyro's
             :mod:`~pyro.infer.autoguide.initialization`).
         init_scale: initial :math:`\sigma` (> 0) of every unconstrained coordinate. The default
@@ -178,7 +183,10 @@ class AutoFlow(AutoContinuous):
 
     # ---- construction --------------------------------------------------------------------
     def _build_flow(self, dim: int) -> Flow:
-        flow = self._flow_spec(dim, **self._flow_kwargs)
+        kwargs = dict(self._flow_kwargs)
+        if "zero_init" not in kwargs and _takes_zero_init(self._flow_spec):
+            kwargs["zero_init"] = True  # the identity start, whatever the family's default
+        flow = self._flow_spec(dim, **kwargs)
         name = getattr(self._flow_spec, "__name__", repr(self._flow_spec))
         if not isinstance(flow, Flow):
             raise TypeError(f"flow factory {name} returned {type(flow).__name__}, not a pf.Flow.")
@@ -420,6 +428,14 @@ class AutoFlow(AutoContinuous):
             own = (f"{prefix}.loc", f"{prefix}.scale", f"{prefix}.scale_tril")
             if name in own or name.startswith(f"{prefix}.flow$$$"):
                 del store[name]
+
+
+def _takes_zero_init(spec: FlowSpec) -> bool:
+    """Whether ``spec`` (a Flow class or factory) has a ``zero_init`` parameter by that name."""
+    try:
+        return "zero_init" in inspect.signature(spec).parameters
+    except (TypeError, ValueError):  # a callable without an inspectable signature
+        return False
 
 
 def _support_kind(support: constraints.Constraint) -> str:

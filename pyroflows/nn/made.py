@@ -51,8 +51,9 @@ class MADE(nn.Module):
     first dimension in the order (degree 1, which no input may reach) depends on the context too,
     and every other unit sees the context as well.
 
-    The output has shape ``(..., num_params, input_dim)``; the last layer is zero-initialised so
-    that an autoregressive transform built on it starts as the identity.
+    The output has shape ``(..., num_params, input_dim)``. By default the last layer is
+    zero-initialised, so that an autoregressive transform built on it starts as the identity;
+    ``zero_init=False`` keeps PyTorch's default initialisation of that layer (a random start).
 
     Args:
         input_dim: number of autoregressive inputs :math:`D`.
@@ -64,6 +65,8 @@ class MADE(nn.Module):
         order: a permutation of ``range(input_dim)`` giving the autoregressive order
             (default: natural order). Flows alternate orders instead of permuting data.
         activation: activation class.
+        zero_init: zero-initialise the last layer (the identity start); ``False`` keeps
+            ``nn.Linear``'s default initialisation there.
 
     References:
         [1] M. Germain, K. Gregor, I. Murray, H. Larochelle. MADE: Masked Autoencoder for
@@ -81,6 +84,9 @@ class MADE(nn.Module):
                 [1., 0., 1.],
                 [0., 0., 1.],
                 [1., 0., 1.]])
+        >>> x = torch.randn(4, 3)
+        >>> bool((made(x) == 0).all()), bool((MADE(3, (8,), zero_init=False)(x) == 0).all())
+        (True, False)
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class MADE(nn.Module):
         context_dim: int = 0,
         order: Sequence[int] | None = None,
         activation: type[nn.Module] = nn.ReLU,
+        zero_init: bool = True,
     ) -> None:
         hidden_dims = default_hidden_dims(hidden_dims)
         super().__init__()
@@ -122,8 +129,9 @@ class MADE(nn.Module):
             d_in = d_h
         d_out = degrees.repeat(num_params)
         last = MaskedLinear((d_out[:, None] > d_in[None, :]).to(dtype))
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
+        if zero_init:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         layers.append(last)
         self.net = nn.Sequential(*layers)
 

@@ -31,8 +31,9 @@ def with_context(x: Tensor, context: Tensor | None) -> Tensor:
 class MLP(nn.Sequential):
     r"""Fully connected network :math:`(x, c) \mapsto h`, the dense conditioner of coupling flows.
 
-    The context ``c`` (if any) is concatenated to the input. The last layer is initialised to
-    zero so that a transform conditioned by this network starts as the identity.
+    The context ``c`` (if any) is concatenated to the input. By default the last layer is
+    initialised to zero so that a transform conditioned by this network starts as the identity;
+    ``zero_init=False`` keeps PyTorch's default initialisation of that layer.
 
     Args:
         in_features: size of the input ``x``.
@@ -41,7 +42,7 @@ class MLP(nn.Sequential):
             :func:`~pyroflows.nn.default_hidden_dims`).
         context_dim: size of the context vector (0: no context).
         activation: activation *class*, instantiated once per layer.
-        zero_init: zero-initialise the last layer.
+        zero_init: zero-initialise the last layer (``False``: ``nn.Linear``'s default).
 
     Example:
         >>> net = MLP(3, 4, hidden_dims=(16, 16), context_dim=2)

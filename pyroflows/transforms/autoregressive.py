@@ -58,6 +58,9 @@ class MaskedAutoregressive(FlowTransform):
         bins: spline bins :math:`K` (``transformer="spline"`` only).
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
         activation: activation class.
+        zero_init: zero-initialise the MADE's last layer, so that the layer starts as the
+            identity (the default here, in the helpers and in guides); ``False`` starts it at a
+            random map (``nn.Linear``'s default init), which the density presets may choose.
 
     Example:
         >>> import torch
@@ -83,6 +86,7 @@ class MaskedAutoregressive(FlowTransform):
         bins: int = 8,
         bound: float = 5.0,
         activation: type[nn.Module] = nn.ReLU,
+        zero_init: bool = True,
     ) -> None:
         super().__init__((input_dim,), context_dim=context_dim)
         if fast not in ("density", "sample"):
@@ -98,6 +102,7 @@ class MaskedAutoregressive(FlowTransform):
             context_dim=context_dim,
             order=order,
             activation=activation,
+            zero_init=zero_init,
         )
 
     def _layer_name(self) -> str:

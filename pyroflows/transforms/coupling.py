@@ -53,6 +53,10 @@ class Coupling(FlowTransform):
         bins: spline bins :math:`K` (``transformer="spline"`` only).
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
         activation: activation class of the conditioner.
+        zero_init: zero-initialise the default conditioner's last layer, so that the layer
+            starts as the identity (the default here, in the helpers and in guides); ``False``
+            starts it at a random map (``nn.Linear``'s default init). Ignored with
+            ``conditioner``.
         conditioner: a network ``(x_a, context) -> params`` to use instead of the default MLP;
             it must return ``num_params`` values per transformed coordinate stacked on axis
             ``-1 - len(event_shape)``.
@@ -64,6 +68,8 @@ class Coupling(FlowTransform):
         True
         >>> t.log_abs_det_jacobian(x, t(x)).shape
         torch.Size([3])
+        >>> torch.equal(Coupling(4, hidden_dims=(8,), zero_init=False)(x), x)   # a random start
+        False
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class Coupling(FlowTransform):
         bins: int = 8,
         bound: float = 5.0,
         activation: type[nn.Module] = nn.ReLU,
+        zero_init: bool = True,
         conditioner: nn.Module | None = None,
         event_shape: tuple[int, ...] | None = None,
     ) -> None:
@@ -109,6 +116,7 @@ class Coupling(FlowTransform):
                 hidden_dims,
                 context_dim=context_dim,
                 activation=activation,
+                zero_init=zero_init,
             )
         self.conditioner = conditioner
 
