@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..nn import MADE
-from .base import ConditionalFlowTransform, FlowTransform
+from .base import ConditionalFlowTransform, FlowTransform, LogDet
 from .elementwise import get_transformer
 
 __all__ = [
@@ -103,33 +103,49 @@ class MaskedAutoregressive(FlowTransform):
     def _layer_name(self) -> str:
         return f"MaskedAutoregressive(fast={self.fast!r})"
 
-    def _parallel(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _parallel(
+        self, v: Tensor, context: Tensor | None, inverse: bool, defer: bool = False
+    ) -> tuple[Tensor, LogDet]:
         params = self.conditioner(v, context)  # (..., num_params, D)
-        out, s = self._tau(v, params, inverse=inverse, dim=-2)
-        return out, (s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1]))
+        out, s = self._tau(v, params, inverse=inverse, dim=-2, defer=defer)
+        return out, ((lambda: _total(s(), out)) if defer else _total(s, out))
 
     def _sequential(
-        self, u: Tensor, context: Tensor | None, inverse: bool
-    ) -> tuple[Tensor, Tensor]:
-        # the conditioner reads the unknown side w: iterate w <- tau(u; theta(w)), D passes
+        self, u: Tensor, context: Tensor | None, inverse: bool, defer: bool = False
+    ) -> tuple[Tensor, LogDet]:
+        # the conditioner reads the unknown side w: iterate w <- tau(u; theta(w)), D passes;
+        # only the last pass's log-derivatives are wanted, so every pass defers them
         w, s = u.new_zeros(u.shape), None
         for _ in range(self.event_shape[0]):
-            w, s = self._tau(u, self.conditioner(w, context), inverse=inverse, dim=-2)
-        return w, (s.sum(-1) if s is not None else w.new_zeros(w.shape[:-1]))
+            w, s = self._tau(u, self.conditioner(w, context), inverse=inverse, dim=-2, defer=True)
+        return w, ((lambda: _total(s(), w)) if defer else _total(s(), w))
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if self.fast == "sample":  # IAF: y = tau(x; theta(x))
-            return self._parallel(x, context, inverse=False)
-        return self._sequential(x, context, inverse=False)  # MAF: y = tau(x; theta(y))
+            return self._parallel(x, context, inverse=False)  # type: ignore[return-value]
+        # MAF: y = tau(x; theta(y))
+        return self._sequential(x, context, inverse=False)  # type: ignore[return-value]
+
+    def forward_deferred(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, LogDet]:
+        """Sampling pass: ``y`` now, the log-det (from the last pass) when it is asked for."""
+        if self.fast == "sample":
+            return self._parallel(x, context, inverse=False, defer=True)
+        return self._sequential(x, context, inverse=False, defer=True)
 
     def inverse_and_log_det(
         self, y: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if self.fast == "density":  # MAF: x = tau^-1(y; theta(y))
-            return self._parallel(y, context, inverse=True)
-        return self._sequential(y, context, inverse=True)  # IAF: x = tau^-1(y; theta(x))
+            return self._parallel(y, context, inverse=True)  # type: ignore[return-value]
+        # IAF: x = tau^-1(y; theta(x))
+        return self._sequential(y, context, inverse=True)  # type: ignore[return-value]
+
+
+def _total(s: Tensor | None, out: Tensor) -> Tensor:
+    """One log-det per event from the elementwise log-derivatives (``None``: volume preserving)."""
+    return s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1])
 
 
 class ConditionalMaskedAutoregressive(ConditionalFlowTransform, MaskedAutoregressive):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import MLP
-from .base import ConditionalFlowTransform, FlowTransform
+from .base import ConditionalFlowTransform, FlowTransform, LogDet
 from .elementwise import get_transformer, sum_event
 
 __all__ = [
@@ -126,16 +126,22 @@ class Coupling(FlowTransform):
         return self.conditioner(ident, context).unflatten(-1, (self.num_params, -1))
 
     # --- the math, once -------------------------------------------------------------------
-    def _couple(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
+    def _couple(
+        self, v: Tensor, context: Tensor | None, inverse: bool, defer: bool = False
+    ) -> tuple[Tensor, LogDet]:
         ident, trans = self._split(v)
         n = len(self.event_shape)
         params = self._params(ident, context)
-        out, s = self._tau(trans, params, inverse=inverse, dim=-1 - n)
+        out, s = self._tau(trans, params, inverse=inverse, dim=-1 - n, defer=defer)
         batch = out.shape[: out.dim() - n]
         if ident.shape[: ident.dim() - n] != batch:  # a batched context broadcasts the output
             ident = ident.expand(*batch, *ident.shape[ident.dim() - n :])
-        ld = self._log_det(s, n) if s is not None else out.new_zeros(batch)
-        return self._merge(ident, out), ld
+        log_det = self._log_det
+
+        def total(s: Tensor | None) -> Tensor:
+            return log_det(s, n) if s is not None else out.new_zeros(batch)
+
+        return self._merge(ident, out), ((lambda: total(s())) if defer else total(s))
 
     def _log_det(self, s: Tensor, event_dims: int) -> Tensor:
         return sum_event(s, event_dims)
@@ -143,12 +149,16 @@ class Coupling(FlowTransform):
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        return self._couple(x, context, inverse=False)
+        return self._couple(x, context, inverse=False)  # type: ignore[return-value]
+
+    def forward_deferred(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, LogDet]:
+        """Sampling pass: ``y`` now, the spline's log-derivatives when the log-det is asked for."""
+        return self._couple(x, context, inverse=False, defer=True)
 
     def inverse_and_log_det(
         self, y: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        return self._couple(y, context, inverse=True)
+        return self._couple(y, context, inverse=True)  # type: ignore[return-value]
 
 
 class ConditionalCoupling(ConditionalFlowTransform, Coupling):
