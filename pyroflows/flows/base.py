@@ -130,9 +130,6 @@ class FlowDistribution(dist.TransformedDistribution):
         else:  # an empty sample (torch's Independent cannot reshape it)
             lp = x.new_zeros(x.shape[: x.dim() - len(self.base_dist.event_shape)])
         for t in self.transforms:
-            if not _log_prob:  # samples only: the transforms may defer their log-dets
-                x = t(x)
-                continue
             if isinstance(t, FlowTransform):
                 y, ld = t.apply_forward(x, None)
             elif hasattr(t, "parent") and isinstance(t.parent, FlowTransform):

@@ -10,7 +10,9 @@ With a MADE conditioner :math:`\theta_i = g_i(v_{<i}, c)` and an elementwise tra
 
 The sequential direction solves the triangular system by fixed-point iteration,
 :math:`v^{(k+1)} = \tau^{-1}(\cdot;\theta(v^{(k)}))`, which is exact after :math:`D` passes for
-any input (each pass fixes one more coordinate in the autoregressive order).
+any input (each pass fixes one more coordinate in the autoregressive order). Only the last
+pass's log-derivatives enter the log-det, so the first :math:`D - 1` passes skip them
+(``log_det=False`` of the transformers).
 
 References:
     [1] G. Papamakarios, T. Pavlakou, I. Murray. Masked Autoregressive Flow for Density
@@ -27,7 +29,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ..nn import MADE
-from .base import ConditionalFlowTransform, FlowTransform, LogDet
+from .base import ConditionalFlowTransform, FlowTransform
 from .elementwise import get_transformer
 
 __all__ = [
@@ -103,49 +105,35 @@ class MaskedAutoregressive(FlowTransform):
     def _layer_name(self) -> str:
         return f"MaskedAutoregressive(fast={self.fast!r})"
 
-    def _parallel(
-        self, v: Tensor, context: Tensor | None, inverse: bool, defer: bool = False
-    ) -> tuple[Tensor, LogDet]:
+    def _parallel(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         params = self.conditioner(v, context)  # (..., num_params, D)
-        out, s = self._tau(v, params, inverse=inverse, dim=-2, defer=defer)
-        return out, ((lambda: _total(s(), out)) if defer else _total(s, out))
+        out, s = self._tau(v, params, inverse=inverse, dim=-2)
+        return out, (s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1]))
 
     def _sequential(
-        self, u: Tensor, context: Tensor | None, inverse: bool, defer: bool = False
-    ) -> tuple[Tensor, LogDet]:
+        self, u: Tensor, context: Tensor | None, inverse: bool
+    ) -> tuple[Tensor, Tensor]:
         # the conditioner reads the unknown side w: iterate w <- tau(u; theta(w)), D passes;
-        # only the last pass's log-derivatives are wanted, so every pass defers them
-        w, s = u.new_zeros(u.shape), None
-        for _ in range(self.event_shape[0]):
-            w, s = self._tau(u, self.conditioner(w, context), inverse=inverse, dim=-2, defer=True)
-        return w, ((lambda: _total(s(), w)) if defer else _total(s(), w))
+        # only the last pass's log-derivatives are used, so the first D - 1 skip them
+        w, s, n = u.new_zeros(u.shape), None, self.event_shape[0]
+        for i in range(n):
+            params = self.conditioner(w, context)
+            w, s = self._tau(u, params, inverse=inverse, dim=-2, log_det=i == n - 1)
+        return w, (s.sum(-1) if s is not None else w.new_zeros(w.shape[:-1]))
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if self.fast == "sample":  # IAF: y = tau(x; theta(x))
-            return self._parallel(x, context, inverse=False)  # type: ignore[return-value]
-        # MAF: y = tau(x; theta(y))
-        return self._sequential(x, context, inverse=False)  # type: ignore[return-value]
-
-    def forward_deferred(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, LogDet]:
-        """Sampling pass: ``y`` now, the log-det (from the last pass) when it is asked for."""
-        if self.fast == "sample":
-            return self._parallel(x, context, inverse=False, defer=True)
-        return self._sequential(x, context, inverse=False, defer=True)
+            return self._parallel(x, context, inverse=False)
+        return self._sequential(x, context, inverse=False)  # MAF: y = tau(x; theta(y))
 
     def inverse_and_log_det(
         self, y: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         if self.fast == "density":  # MAF: x = tau^-1(y; theta(y))
-            return self._parallel(y, context, inverse=True)  # type: ignore[return-value]
-        # IAF: x = tau^-1(y; theta(x))
-        return self._sequential(y, context, inverse=True)  # type: ignore[return-value]
-
-
-def _total(s: Tensor | None, out: Tensor) -> Tensor:
-    """One log-det per event from the elementwise log-derivatives (``None``: volume preserving)."""
-    return s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1])
+            return self._parallel(y, context, inverse=True)
+        return self._sequential(y, context, inverse=True)  # IAF: x = tau^-1(y; theta(x))
 
 
 class ConditionalMaskedAutoregressive(ConditionalFlowTransform, MaskedAutoregressive):

@@ -24,17 +24,6 @@ of every parameter and buffer, and the grad mode. So an optimiser step, ``p.data
 handed out once, so a graph freed by ``backward()`` is never reused ("backward through the graph
 a second time" cannot happen, unlike Pyro's own flows).
 
-Deferred log-dets
------------------
-Sampling (``_call``, what ``rsample``/``sample`` run) needs only ``y``. A transform that defines
-:meth:`FlowTransform.forward_deferred` returns ``y`` and a zero-argument function that computes
-the log-det from what the pass already holds (for a spline: its bins and positions, so neither
-the conditioner nor the bin search runs again); the slot keeps that function in ``log_det``.
-Whoever asks for the log-det of that very pass (Pyro scoring a guide's own sample through
-``_inverse`` + ``log_abs_det_jacobian``, or :meth:`~FlowTransform.apply_forward`) gets it
-computed then, once, and checked for NaN/Inf as an eager one would be. ``apply_forward``,
-``apply_inverse`` and ``forward_and_log_det`` stay eager.
-
 One kind of edit cannot be seen: an in-place change made through ``.data`` (``p.data.mul_(2)``,
 ``x.data.add_(1)``), which bypasses torch's version counters. After such an edit call
 ``clear_cache()`` on the transform (or on the :class:`~pyroflows.Flow`), or make the edit under
@@ -53,7 +42,7 @@ import functools
 import math
 import operator
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -205,30 +194,13 @@ def _version_of(t: Tensor | None) -> int:
     return -1 if t is None else t._version
 
 
-#: A log-det, or a zero-argument function that computes it (:meth:`FlowTransform.forward_deferred`).
-LogDet = Tensor | Callable[[], Tensor]
-
-
-@functools.cache
-def _defers(cls: type) -> bool:
-    """Whether ``cls`` has a deferred forward pass that matches its ``forward_and_log_det``: its
-    ``forward_deferred`` is defined by a class other than :class:`FlowTransform`, at or below the
-    one that defines ``forward_and_log_det`` (a subclass that overrides only the eager pass keeps
-    the eager pass for sampling too)."""
-    mro = cls.__mro__
-    owner = next(c for c in mro if "forward_deferred" in c.__dict__)
-    eager = next(c for c in mro if "forward_and_log_det" in c.__dict__)
-    return owner is not FlowTransform and mro.index(owner) <= mro.index(eager)
-
-
 class Slot(NamedTuple):
     """The one cache slot of a transform: the latest pass and what it depended on.
 
     Attributes:
         x: base-side tensor of the pass.
         y: data-side tensor of the pass.
-        log_det: ``log|det dy/dx|`` at ``x`` (handed out once), or a zero-argument function
-            computing it (a deferred log-det, stored by a sampling pass).
+        log_det: ``log|det dy/dx|`` at ``x`` (handed out once).
         context: the context tensor of the pass (``None`` if unconditional).
         key: :meth:`FlowTransform._key` when stored (parameters, buffers, grad mode).
         versions: in-place version counters of ``x``, ``y`` and ``context`` when stored.
@@ -236,7 +208,7 @@ class Slot(NamedTuple):
 
     x: Tensor
     y: Tensor
-    log_det: LogDet
+    log_det: Tensor
     context: Tensor | None
     key: tuple
     versions: tuple[int, int, int]
@@ -299,16 +271,6 @@ class FlowTransform(TransformModule):
         """Data -> base: returns ``(x, log|det dy/dx|)`` (the forward log-det at ``x``)."""
         raise NotImplementedError
 
-    def forward_deferred(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, LogDet]:
-        """Base -> data for sampling: ``(y, fn)``, where ``fn()`` returns the log-det of
-        :meth:`forward_and_log_det` from what the pass kept, without rerunning it.
-
-        Optional: a transform whose log-det costs little beside ``y`` does not define it, and
-        sampling runs :meth:`forward_and_log_det`. It is used only where the class (or a base)
-        that defines it also defines, or inherits unchanged, ``forward_and_log_det``.
-        """
-        return self.forward_and_log_det(x, context)
-
     # ---- torch.distributions.Transform interface -----------------------------------------
     @property
     def domain(self) -> constraints.Constraint:  # type: ignore[override]
@@ -319,10 +281,10 @@ class FlowTransform(TransformModule):
         return _constraint(len(self.event_shape))
 
     def _call(self, x: Tensor) -> Tensor:
-        return self._pass(x, None, inverse=False, defer=True)[0]
+        return self.apply_forward(x, None)[0]
 
     def _inverse(self, y: Tensor) -> Tensor:
-        return self._pass(y, None, inverse=True, defer=True)[0]
+        return self.apply_inverse(y, None)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return self.log_det_for(x, y, None)
@@ -395,65 +357,42 @@ class FlowTransform(TransformModule):
             return None
         return slot
 
-    def _store(self, x: Tensor, y: Tensor, ld: LogDet, context: Tensor | None, key: tuple) -> None:
+    def _store(self, x: Tensor, y: Tensor, ld: Tensor, context: Tensor | None, key: tuple) -> None:
         versions = (x._version, y._version, _version_of(context))
         self._slot = Slot(x, y, ld, context, key, versions)
 
     # The key is taken before the pass: a pass that changes the state (ActNorm's data-dependent
     # initialisation) leaves a slot that no longer matches, so it is recomputed, never reused.
-    def _pass(
-        self, v: Tensor, context: Tensor | None, *, inverse: bool, defer: bool
-    ) -> tuple[Tensor, LogDet]:
-        """One pass through the slot (the only route in). ``defer``: the caller needs only the
-        output, so a sampling pass may store a deferred log-det, and a hit leaves it deferred."""
-        key = self._key(context)
-        slot = self._hit(None, v, context, key) if inverse else self._hit(v, None, context, key)
-        if slot is not None:
-            return (slot.x if inverse else slot.y), (
-                slot.log_det if defer else self._evaluate(slot, clear=False)
-            )
-        self._slot = None  # the old pass's tensors are freed before this one allocates its own
-        direction = "inverse" if inverse else "forward"
-        self._check_input(v, context, direction)
-        if inverse:
-            out, ld = self.inverse_and_log_det(v, context)
-        elif defer and _defers(type(self)):
-            out, ld = self.forward_deferred(v, context)
-        else:
-            out, ld = self.forward_and_log_det(v, context)
-        self._check_output(v, out, None if callable(ld) else ld, direction, context)
-        x, y = (out, v) if inverse else (v, out)
-        self._store(x, y, ld, context, key)
-        return out, ld
-
-    def _evaluate(self, slot: Slot, *, clear: bool) -> Tensor:
-        """The slot's log-det as a tensor: a deferred one is computed now (once: the result
-        replaces it in the slot unless ``clear``) and checked as the eager pass would be."""
-        ld = slot.log_det
-        if not callable(ld):
-            return ld
-        ld = ld()
-        self._check_output(slot.x, None, ld, "forward", slot.context)
-        if not clear and self._slot is slot:
-            self._slot = slot._replace(log_det=ld)
-        return ld
-
     def apply_forward(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Forward pass through the slot: returns ``(y, log_det)`` and caches them (eager: a
-        deferred log-det left by a sampling pass of this ``x`` is computed now)."""
-        return self._pass(x, context, inverse=False, defer=False)  # type: ignore[return-value]
+        """Forward pass through the slot: returns ``(y, log_det)`` and caches them."""
+        key = self._key(context)
+        slot = self._hit(x, None, context, key)
+        if slot is not None:
+            return slot.y, slot.log_det
+        self._check_input(x, context, "forward")
+        y, ld = self.forward_and_log_det(x, context)
+        self._check_output(x, y, ld, "forward", context)
+        self._store(x, y, ld, context, key)
+        return y, ld
 
     def apply_inverse(self, y: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Inverse pass through the slot: returns ``(x, log_det)`` and caches them (eager)."""
-        return self._pass(y, context, inverse=True, defer=False)  # type: ignore[return-value]
+        """Inverse pass through the slot: returns ``(x, log_det)`` and caches them."""
+        key = self._key(context)
+        slot = self._hit(None, y, context, key)
+        if slot is not None:
+            return slot.x, slot.log_det
+        self._check_input(y, context, "inverse")
+        x, ld = self.inverse_and_log_det(y, context)
+        self._check_output(y, x, ld, "inverse", context)
+        self._store(x, y, ld, context, key)
+        return x, ld
 
     def log_det_for(self, x: Tensor, y: Tensor, context: Tensor | None) -> Tensor:
-        """Log-det for a pair ``(x, y)``: taken (once) from the slot, else recomputed. A
-        deferred log-det in the slot is computed here, from the pass that stored it."""
+        """Log-det for a pair ``(x, y)``: taken (once) from the slot, else recomputed."""
         slot = self._hit(x, y, context, self._key(context)) if self._slot is not None else None
         self._slot = None
         if slot is not None:
-            return self._evaluate(slot, clear=True)
+            return slot.log_det
         ld = self.forward_and_log_det(x, context)[1]
         return ld
 
@@ -537,21 +476,18 @@ class FlowTransform(TransformModule):
     def _check_output(
         self,
         inp: Tensor,
-        out: Tensor | None,
-        ld: Tensor | None,
+        out: Tensor,
+        ld: Tensor,
         direction: str,
         context: Tensor | None = None,
     ) -> None:
-        """Raise :class:`NonFiniteError` if ``out`` or ``ld`` (either may be ``None``: not
-        checked here, e.g. a deferred log-det, checked when it is computed) holds NaN or Inf."""
         if not _VALIDATION.enabled:
             return
-        checked = [t for t in (out, ld) if t is not None]
         # Fast path: one reduction per tensor and a single host sync. NaN/Inf anywhere makes
         # the sum non-finite; a sum that merely overflows falls through to the exact check.
-        if math.isfinite(float(sum(t.detach().sum() for t in checked))):
+        if math.isfinite(float(out.detach().sum() + ld.detach().sum())):
             return
-        if all(bool(torch.isfinite(t).all()) for t in checked):
+        if bool(torch.isfinite(out).all()) and bool(torch.isfinite(ld).all()):
             return
         name = self._layer_name()
         shape = self.output_shape if direction == "inverse" else self.event_shape
@@ -608,10 +544,10 @@ class ConditionedTransform(Transform):
         return self.parent.codomain
 
     def _call(self, x: Tensor) -> Tensor:
-        return self.parent._pass(x, self.context, inverse=False, defer=True)[0]
+        return self.parent.apply_forward(x, self.context)[0]
 
     def _inverse(self, y: Tensor) -> Tensor:
-        return self.parent._pass(y, self.context, inverse=True, defer=True)[0]
+        return self.parent.apply_inverse(y, self.context)[0]
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
         return self.parent.log_det_for(x, y, self.context)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ..nn import MLP
-from .base import ConditionalFlowTransform, FlowTransform, LogDet
+from .base import ConditionalFlowTransform, FlowTransform
 from .elementwise import get_transformer, sum_event
 
 __all__ = [
@@ -126,22 +126,16 @@ class Coupling(FlowTransform):
         return self.conditioner(ident, context).unflatten(-1, (self.num_params, -1))
 
     # --- the math, once -------------------------------------------------------------------
-    def _couple(
-        self, v: Tensor, context: Tensor | None, inverse: bool, defer: bool = False
-    ) -> tuple[Tensor, LogDet]:
+    def _couple(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         ident, trans = self._split(v)
         n = len(self.event_shape)
         params = self._params(ident, context)
-        out, s = self._tau(trans, params, inverse=inverse, dim=-1 - n, defer=defer)
+        out, s = self._tau(trans, params, inverse=inverse, dim=-1 - n)
         batch = out.shape[: out.dim() - n]
         if ident.shape[: ident.dim() - n] != batch:  # a batched context broadcasts the output
             ident = ident.expand(*batch, *ident.shape[ident.dim() - n :])
-        log_det = self._log_det
-
-        def total(s: Tensor | None) -> Tensor:
-            return log_det(s, n) if s is not None else out.new_zeros(batch)
-
-        return self._merge(ident, out), ((lambda: total(s())) if defer else total(s))
+        ld = self._log_det(s, n) if s is not None else out.new_zeros(batch)
+        return self._merge(ident, out), ld
 
     def _log_det(self, s: Tensor, event_dims: int) -> Tensor:
         return sum_event(s, event_dims)
@@ -149,16 +143,12 @@ class Coupling(FlowTransform):
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        return self._couple(x, context, inverse=False)  # type: ignore[return-value]
-
-    def forward_deferred(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, LogDet]:
-        """Sampling pass: ``y`` now, the spline's log-derivatives when the log-det is asked for."""
-        return self._couple(x, context, inverse=False, defer=True)
+        return self._couple(x, context, inverse=False)
 
     def inverse_and_log_det(
         self, y: Tensor, context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        return self._couple(y, context, inverse=True)  # type: ignore[return-value]
+        return self._couple(y, context, inverse=True)
 
 
 class ConditionalCoupling(ConditionalFlowTransform, Coupling):
