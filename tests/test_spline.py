@@ -234,6 +234,21 @@ def test_transformers_take_one_parameter_tensor_on_any_axis(coords, inverse):
     assert torch.allclose(ld, ld_last, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("coords", [3, 20])  # below and above the transposed-copy size
+@pytest.mark.parametrize("inverse", [False, True])
+def test_transformers_without_the_log_derivative_give_the_same_output_and_none(coords, inverse):
+    g = torch.Generator().manual_seed(coords)
+    x = 4 * torch.randn(64, coords, generator=g, dtype=F64)  # inside and outside [-B, B]
+    for name, options in (("spline", {"bins": 4, "bound": 3.0}), ("affine", {}), ("additive", {})):
+        n, tau = T.get_transformer(name, **options)
+        p = torch.randn(64, n, coords, generator=g, dtype=F64)
+        y, ld = tau(x, p, inverse=inverse, dim=-2)
+        y_only, none = tau(x, p, inverse=inverse, dim=-2, log_det=False)
+        assert torch.equal(y_only, y), name
+        assert none is None, name
+        assert (ld is None) == (name == "additive"), name  # the default still computes it
+
+
 def test_spline_parameter_count_and_axis_errors_say_what_to_pass():
     with pytest.raises(ValueError, match=r"expected 11 spline parameters .* got shape \(3, 5\)"):
         rational_quadratic_spline(torch.zeros(3), torch.zeros(3, 5), bins=4)

@@ -10,7 +10,9 @@ With a MADE conditioner :math:`\theta_i = g_i(v_{<i}, c)` and an elementwise tra
 
 The sequential direction solves the triangular system by fixed-point iteration,
 :math:`v^{(k+1)} = \tau^{-1}(\cdot;\theta(v^{(k)}))`, which is exact after :math:`D` passes for
-any input (each pass fixes one more coordinate in the autoregressive order).
+any input (each pass fixes one more coordinate in the autoregressive order). Only the last
+pass's log-derivatives enter the log-det, so the first :math:`D - 1` passes skip them
+(``log_det=False`` of the transformers).
 
 References:
     [1] G. Papamakarios, T. Pavlakou, I. Murray. Masked Autoregressive Flow for Density
@@ -116,10 +118,12 @@ class MaskedAutoregressive(FlowTransform):
     def _sequential(
         self, u: Tensor, context: Tensor | None, inverse: bool
     ) -> tuple[Tensor, Tensor]:
-        # the conditioner reads the unknown side w: iterate w <- tau(u; theta(w)), D passes
-        w, s = u.new_zeros(u.shape), None
-        for _ in range(self.event_shape[0]):
-            w, s = self._tau(u, self.conditioner(w, context), inverse=inverse, dim=-2)
+        # the conditioner reads the unknown side w: iterate w <- tau(u; theta(w)), D passes;
+        # only the last pass's log-derivatives are used, so the first D - 1 skip them
+        w, s, n = u.new_zeros(u.shape), None, self.event_shape[0]
+        for i in range(n):
+            params = self.conditioner(w, context)
+            w, s = self._tau(u, params, inverse=inverse, dim=-2, log_det=i == n - 1)
         return w, (s.sum(-1) if s is not None else w.new_zeros(w.shape[:-1]))
 
     def forward_and_log_det(

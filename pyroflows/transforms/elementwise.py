@@ -12,9 +12,11 @@ Each function takes one tensor ``params`` holding the ``num_params`` parameters 
 coordinate on axis ``dim`` (a layer passes its conditioner's output as it comes, e.g.
 ``(..., num_params, D)`` with ``dim=-2``; the other axes broadcast with ``x``) and returns the
 output and the elementwise log-derivative :math:`\log|\partial y / \partial x|` of the forward
-map (``None`` for volume-preserving transformers), in both directions. Every transformer is the
-identity when all its parameters are 0, so zero-initialised conditioners start a flow at the
-identity.
+map (``None`` for volume-preserving transformers), in both directions. With ``log_det=False``
+the log-derivative is not computed and ``None`` comes in its place (for a pass whose
+log-derivatives would be thrown away, e.g. the first D - 1 passes of an autoregressive layer's
+sequential solve). Every transformer is the identity when all its parameters are 0, so
+zero-initialised conditioners start a flow at the identity.
 
 Layers pick a transformer by name and options with :func:`get_transformer`, which returns the
 number of parameters per coordinate and the function with its options bound.
@@ -81,8 +83,10 @@ def affine(
     inverse: bool = False,
     dim: int = -1,
     bound: float | None = 3.0,
+    log_det: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """Affine transformer; ``params`` holds ``(shift, raw_log_scale)`` on axis ``dim``.
+    """Affine transformer; ``params`` holds ``(shift, raw_log_scale)`` on axis ``dim``. The
+    log-derivative is the bounded log-scale (``None`` with ``log_det=False``).
 
     Example:
         >>> p = torch.tensor([[1.0, 0.0], [2.0, 0.5]])   # (shift, raw log-scale) per coordinate
@@ -95,9 +99,8 @@ def affine(
     """
     shift, raw = params.unbind(dim)
     s = soft_clamp(raw, bound)
-    if inverse:
-        return (x - shift) * torch.exp(-s), s
-    return x * torch.exp(s) + shift, s
+    y = (x - shift) * torch.exp(-s) if inverse else x * torch.exp(s) + shift
+    return y, (s if log_det else None)
 
 
 def additive(
@@ -107,9 +110,10 @@ def additive(
     inverse: bool = False,
     dim: int = -1,
     bound: float | None = None,
+    log_det: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
     """Additive (volume-preserving) transformer; ``params`` holds the shift on axis ``dim``.
-    The log-derivative is ``None``: zero, with nothing to add.
+    The log-derivative is ``None``: zero, with nothing to add (``log_det`` changes nothing).
 
     Example:
         >>> y, logd = additive(torch.ones(2), torch.tensor([[1.0], [-3.0]]))
@@ -142,7 +146,8 @@ def rational_quadratic_spline(
     min_width: float = 1e-3,
     min_height: float = 1e-3,
     min_derivative: float = 1e-3,
-) -> tuple[Tensor, Tensor]:
+    log_det: bool = True,
+) -> tuple[Tensor, Tensor | None]:
     r"""Monotonic rational-quadratic spline on :math:`[-B, B]`, the identity outside [4].
 
     ``params`` holds :math:`3K - 1` values per coordinate on axis ``dim``: :math:`K`
@@ -180,6 +185,8 @@ def rational_quadratic_spline(
         dim: the parameter axis of ``params``.
         bins, bound, min_width, min_height, min_derivative: :math:`K`, :math:`B`,
             :math:`m_w`, :math:`m_h`, :math:`m_d`.
+        log_det: compute ``log dy/dx``; ``False`` returns ``(output, None)`` without it (the
+            same output, bit for bit).
 
     Returns:
         ``(output, log dy/dx)``, the forward log-derivative at the base-side point either way.
@@ -194,6 +201,8 @@ def rational_quadratic_spline(
         (tensor([0.7660]), tensor([-1.7409]))
         >>> rational_quadratic_spline(y, p, inverse=True, bins=2, bound=1.0)[0]
         tensor([0.3000])
+        >>> rational_quadratic_spline(y, p, inverse=True, bins=2, bound=1.0, log_det=False)
+        (tensor([0.3000]), None)
     """
     if dim >= 0:
         raise ValueError(f"dim must be a negative axis (counted from the end); got {dim}")
@@ -242,18 +251,21 @@ def rational_quadratic_spline(
         c = -s * dy
         disc = (b * b - 4 * a * c).clamp(min=0)
         xi = (2 * c / (-b - disc.sqrt())).clamp(0, 1)
-        t = xi * (1 - xi)
-        den = s + delta * t
         out = x_k + xi * w
     else:
         xi = (v - x_k) / w
         t = xi * (1 - xi)
         den = s + delta * t
         out = y_k + h * (s * xi * xi + d0 * t) / den
+    inside = x == v
+    if not log_det:
+        return torch.where(inside, out, x), None
+    if inverse:  # the output did not need them
+        t = xi * (1 - xi)
+        den = s + delta * t
     num = d1 * xi * xi + 2 * s * t + d0 * (1 - xi) * (1 - xi)
     r = s / den
     logd = torch.log(num * r * r)  # one log: num >= m_d s^2 and r in [m, 1/m], no overflow
-    inside = x == v
     return torch.where(inside, out, x), torch.where(inside, logd, 0.0)
 
 
@@ -292,8 +304,9 @@ class TransformerSpec:
     """One entry of :data:`TRANSFORMERS`.
 
     Attributes:
-        fn: ``fn(x, params, *, inverse, dim, **options) -> (y, log-derivative or None)``, the
-            parameters of every coordinate on axis ``dim`` of the one tensor ``params``.
+        fn: ``fn(x, params, *, inverse, dim, log_det=True, **options) -> (y, log-derivative
+            or None)``, the parameters of every coordinate on axis ``dim`` of the one tensor
+            ``params``; ``log_det=False`` skips the log-derivative (``None`` in its place).
         num_params: ``num_params(**options) -> parameters per coordinate`` (it validates them).
         options: layer option name -> keyword of ``fn`` (e.g. a layer's ``log_scale_bound`` is
             the affine transformer's ``bound``); a layer's other options are ignored.
