@@ -212,6 +212,38 @@ def test_image_scores_use_the_integer_likelihood_of_a_dequantised_flow():
     torch.testing.assert_close(det.scores(x), (bpd * 4 * math.log(2)).double())
 
 
+def test_a_vector_flow_on_flattened_images_scores_like_the_image_flow():
+    # benchmarks/ood.py --flow nsf|maf scores the digits flattened to (N, 64): the same density
+    # must get the same likelihood, complexity and combined scores either way
+    x = torch.randint(0, 5, (40, 1, 2, 2))
+    x[:5] = 0  # simple inputs: short compressed lengths
+    image, vector = pf.Flow([], event_shape=(1, 2, 2)), pf.Flow([], event_shape=(4,))
+    kw = dict(levels=5, dequantization_samples=3, seed=2)
+    det_image, det_vector = OODDetector(image, x, **kw), OODDetector(vector, x.flatten(1), **kw)
+    for method in ("likelihood", "complexity", "combined"):
+        torch.testing.assert_close(
+            det_vector.scores(x.flatten(1), method=method), det_image.scores(x, method=method)
+        )
+
+
+def test_perturbed_background_of_a_dense_spline_flow_is_an_nsf_with_the_bits_objective(
+    monkeypatch,
+):
+    import pyroflows.infer
+
+    calls = []
+    monkeypatch.setattr(pyroflows.infer, "fit", lambda flow, data, **kw: calls.append((data, kw)))
+    flow = pf.NSF(16, num_layers=1, hidden_dims=(8,), fast="density")
+    train = torch.randint(0, 5, (40, 16))
+    det = OODDetector(
+        flow, train[:20], levels=5, background="perturbed", train_data=train, mutation_rate=0.25
+    )
+    ((data, kw),) = calls
+    assert type(det.background) is pf.NSF and det.background.config == flow.config
+    assert "objective" in kw and data.shape == train.shape and int(data.max()) <= 4
+    assert det.scores(train[:3], method="ratio").shape == (3,)
+
+
 # batch typicality test -----------------------------------------------------------------------
 def test_batch_test_p_values_are_uniform_in_distribution_and_near_zero_when_shifted():
     torch.manual_seed(0)
