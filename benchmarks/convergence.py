@@ -35,6 +35,12 @@ building the same flow):
                       random order per layer. At D = 2 zuko's checkered masks are exactly the
                       alternation, so ``checkered`` is not a separate variant here.
   ``base-diag``       learnable diagonal Gaussian base (``base="diag"``)
+  ``bound-softsign``  zuko's log-scale bound ``s = a / (1 + |a| / 6.91)`` (``log(1 / slope)``,
+                      slope 1e-3) instead of ``3 tanh(a / 3)``
+  ``shift-after``     zuko's direction of the affine: shift after scaling in the density
+                      direction, ``z = y exp(-s) - t`` (sampling ``y = (x + t) exp(s)``), instead
+                      of ``z = (y - t) exp(-s)``; ``softsign+shift-after``: both, which is
+                      zuko's affine coupling exactly (checked by copying zuko's weights)
   ``torch+bound-5``   ``init-torch`` and ``bound-5`` (likewise ``torch+none``, ``1e-3+bound-5``,
                       ``1e-3+none``)
   ==================  ==============================================================================
@@ -65,6 +71,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -136,11 +143,74 @@ def _init_torch(model: nn.Module) -> None:
 
 
 def _bound(b: float | None) -> Callable[[nn.Module], None]:
+    """What the constructor's ``log_scale_bound=b`` sets: the bound baked into the layer's
+    transformer (a ``functools.partial`` of :func:`pyroflows.transforms.elementwise.affine`)."""
+
     def apply(model: nn.Module) -> None:
         for layer in _layers(model):
-            layer.bound = b  # what the constructor's ``log_scale_bound`` sets
+            tau = layer._tau  # type: ignore[attr-defined]
+            layer._tau = functools.partial(tau.func, **{**tau.keywords, "bound": b})
 
     return apply
+
+
+#: zuko's log-scale bound: ``MonotonicAffineTransform(slope=1e-3)`` maps the raw output ``a`` to
+#: ``a / (1 + |a| / log(1 / slope))``, a softsign with asymptotes +-6.91
+ZUKO_LOG_SLOPE = math.log(1e3)
+
+
+def affine_variant(
+    x: Tensor,
+    params: Tensor,
+    *,
+    inverse: bool = False,
+    dim: int = -1,
+    bound: float | None = 3.0,
+    softsign: bool = False,
+    shift_after: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """pyroflows' ``affine`` (``y = x exp(s) + t``, base -> data) or its variants.
+
+    ``softsign``: ``s = a / (1 + |a| / 6.91)`` (zuko's bound) instead of ``b tanh(a / b)``.
+    ``shift_after``: the shift added after the scaling in the **density** direction, as zuko's
+    data -> base map ``z = y exp(-s) - t`` does; sampling is ``y = (x + t) exp(s)``. The
+    log-derivative of the base -> data map is ``s`` in both forms (what the layer sums).
+    """
+    shift, raw = params.unbind(dim)
+    if softsign:
+        s = raw / (1 + raw.abs() / ZUKO_LOG_SLOPE)
+    elif bound is None:
+        s = raw
+    else:
+        s = bound * torch.tanh(raw / bound)
+    if shift_after:
+        if inverse:
+            return x * torch.exp(-s) - shift, s
+        return (x + shift) * torch.exp(s), s
+    if inverse:
+        return (x - shift) * torch.exp(-s), s
+    return x * torch.exp(s) + shift, s
+
+
+def _affine(*, softsign: bool = False, shift_after: bool = False) -> Callable[[nn.Module], None]:
+    """Replace every layer's affine transformer by :func:`affine_variant` (same parameters)."""
+
+    def apply(model: nn.Module) -> None:
+        for layer in _layers(model):
+            tau = layer._tau  # type: ignore[attr-defined]
+            if getattr(tau, "func", None) is not _library_affine():
+                raise TypeError(f"{type(layer).__name__} has no affine transformer to replace")
+            layer._tau = functools.partial(  # type: ignore[attr-defined]
+                affine_variant, softsign=softsign, shift_after=shift_after, **tau.keywords
+            )
+
+    return apply
+
+
+def _library_affine() -> Callable[..., tuple[Tensor, Tensor | None]]:
+    from pyroflows.transforms.elementwise import affine
+
+    return affine
 
 
 def _random_perm(model: nn.Module) -> None:
@@ -162,6 +232,9 @@ VARIANTS: dict[str, tuple[Callable[[nn.Module], None], ...]] = {
     "torch+none": (_init_torch, _bound(None)),
     "1e-3+bound-5": (_init_normal(1e-3), _bound(5.0)),
     "1e-3+none": (_init_normal(1e-3), _bound(None)),
+    "bound-softsign": (_affine(softsign=True),),
+    "shift-after": (_affine(shift_after=True),),
+    "softsign+shift-after": (_affine(softsign=True, shift_after=True),),
 }
 #: what a run without --variants trains (the others are cheap to add; see the docstring)
 DEFAULT_VARIANTS = ("default", "init-torch", "init-1e-3", "bound-none", "bound-5", "torch+none")
