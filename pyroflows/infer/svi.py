@@ -390,7 +390,10 @@ def fit_svi(
     :class:`~pyroflows.AutoFlow`: in ``benchmarks/vi_targets.py`` (docs/benchmarks.md, issue
     13, round 3) it took ``pf.AutoFlow``'s eight-schools mean error after 4000 steps from 0.116
     to 0.023 reference sds and the constrained model's KL after 1000 steps from 0.189 to 0.085
-    nats (AutoIAFNormal's from 0.177 to 0.113), median of 3 seeds. It is not the default (yet).
+    nats (AutoIAFNormal's from 0.177 to 0.113), median of 3 seeds. It is not the default: it
+    slows a fit still far from converged (logistic regression, 31-D, 1000 steps: KL 2.83 ->
+    4.08; a two-mode mixture: 0.35 -> 0.47), so pass it when ``steps`` is long enough for the
+    fit to settle.
 
     Args:
         num_particles: samples per ELBO estimate (vectorised over particles when > 1 and the
