@@ -393,7 +393,9 @@ def fit_svi(
     nats (AutoIAFNormal's from 0.177 to 0.113), median of 3 seeds. It is not the default: it
     slows a fit still far from converged (logistic regression, 31-D, 1000 steps: KL 2.83 ->
     4.08; a two-mode mixture: 0.35 -> 0.47), so pass it when ``steps`` is long enough for the
-    fit to settle.
+    fit to settle. A constant rate then a cosine decay over the last quarter of the steps (a
+    factory, ``lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, f)``) kept the gains without
+    that cost for ``pf.AutoFlow`` there (eight schools 0.017, logistic regression 2.38).
 
     Args:
         num_particles: samples per ELBO estimate (vectorised over particles when > 1 and the
