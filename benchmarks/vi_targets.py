@@ -20,8 +20,11 @@ Guides (``--guides``): ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRank
 defaults; ``AutoFlow:key=value:...`` sets options, which is how the defaults sweep runs: keys
 ``flow`` (a family), ``init_scale``, ``affine`` (``tril``, ``diagonal``), ``layers``,
 ``hidden`` (``64``, ``64x64`` or ``3D+1``), ``last`` (``zero``, the presets' initialisation of
-the conditioners' last layers, or ``torch``, PyTorch's random one), ``lr`` and ``loss``
-(fit_svi's, for this guide only).
+the conditioners' last layers, or ``torch``, PyTorch's random one), ``lr``, ``loss`` and
+``sched`` (fit_svi's, for this guide only; ``sched`` is its ``lr_schedule``: ``none``,
+``cosine``, or ``tailF``, constant then a cosine decay to 0 over the last fraction ``F`` of the
+steps). The fit_svi options ``lr``, ``loss`` and ``sched`` apply to Pyro's guides too, e.g.
+``AutoIAFNormal:sched=cosine``.
 
 Usage::
 
@@ -104,6 +107,8 @@ def make_guide(spec: str, target: VITarget) -> tuple[Callable, dict]:
     fit = {
         k: (float(opts.pop(k)) if k == "lr" else opts.pop(k)) for k in ("lr", "loss") if k in opts
     }
+    if "sched" in opts:
+        fit["lr_schedule"] = opts.pop("sched")
     if name == "AutoNormal":
         return ag.AutoNormal(model), fit
     if name == "AutoMultivariateNormal":
@@ -137,6 +142,25 @@ def make_guide(spec: str, target: VITarget) -> tuple[Callable, dict]:
     if opts:
         raise SystemExit(f"unknown AutoFlow options {sorted(opts)} in {spec!r}")
     return pf.AutoFlow(model, **kwargs), fit
+
+
+def _schedule(text: str, steps: int) -> str | Callable | None:
+    """fit_svi's ``lr_schedule`` of the ``sched`` option: ``none``, ``cosine`` (over the whole
+    run) or ``tailF`` (constant, then a cosine decay to 0 over the last fraction ``F`` of the
+    ``steps``, e.g. ``tail0.25``)."""
+    if text in ("none", "None"):
+        return None
+    if text == "cosine":
+        return "cosine"
+    if text.startswith("tail"):
+        tail = max(1, round(float(text[4:]) * steps))
+        flat = steps - tail
+
+        def factor(k: int) -> float:
+            return 1.0 if k < flat else 0.5 * (1.0 + math.cos(math.pi * min(k - flat, tail) / tail))
+
+        return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    raise SystemExit(f"sched must be none, cosine or tailF; got {text!r}")
 
 
 def _torch_last_layers(family: Callable) -> Callable:
@@ -177,6 +201,8 @@ def run_one(target: VITarget, spec: str, seed: int, args: argparse.Namespace) ->
     if args.loss is None:
         opts.pop("loss")
     opts.update(fit)
+    if "lr_schedule" in opts:
+        opts["lr_schedule"] = _schedule(opts["lr_schedule"], args.steps)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
