@@ -22,9 +22,11 @@ defaults; ``AutoFlow:key=value:...`` sets options, which is how the defaults swe
 ``hidden`` (``64``, ``64x64`` or ``3D+1``), ``last`` (``zero``, the presets' initialisation of
 the conditioners' last layers, or ``torch``, PyTorch's random one), ``lr``, ``loss`` and
 ``sched`` (fit_svi's, for this guide only; ``sched`` is its ``lr_schedule``: ``none``,
-``cosine``, or ``tailF``, constant then a cosine decay to 0 over the last fraction ``F`` of the
-steps). The fit_svi options ``lr``, ``loss`` and ``sched`` apply to Pyro's guides too, e.g.
-``AutoIAFNormal:sched=cosine``.
+``cosine``, ``tail`` (the library's: ``tail0.25``) or ``tailF``, constant then a cosine decay to
+0 over the last fraction ``F`` of the steps). The fit_svi options ``lr``, ``loss`` and ``sched``
+apply to Pyro's guides too, e.g. ``AutoIAFNormal:sched=cosine``. Without them each guide gets
+fit_svi's defaults for it: for ``AutoFlow`` its ``default_loss`` (``stl``) and
+``default_lr_schedule`` (``tail``), for Pyro's guides ``elbo`` at a constant rate.
 
 Usage::
 
@@ -149,9 +151,9 @@ def _schedule(text: str, steps: int) -> str | Callable | None:
     run) or ``tailF`` (constant, then a cosine decay to 0 over the last fraction ``F`` of the
     ``steps``, e.g. ``tail0.25``)."""
     if text in ("none", "None"):
-        return None
-    if text == "cosine":
-        return "cosine"
+        return None  # a constant rate, also for AutoFlow (whose default is "tail")
+    if text in ("cosine", "tail"):
+        return text
     if text.startswith("tail"):
         tail = max(1, round(float(text[4:]) * steps))
         flat = steps - tail
@@ -160,7 +162,7 @@ def _schedule(text: str, steps: int) -> str | Callable | None:
             return 1.0 if k < flat else 0.5 * (1.0 + math.cos(math.pi * min(k - flat, tail) / tail))
 
         return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    raise SystemExit(f"sched must be none, cosine or tailF; got {text!r}")
+    raise SystemExit(f"sched must be none, cosine, tail or tailF; got {text!r}")
 
 
 def _torch_last_layers(family: Callable) -> Callable:

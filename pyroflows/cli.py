@@ -452,7 +452,10 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=_positive(int), default=256)
     f.add_argument("--lr", type=_positive(float), default=1e-3, help="Adam learning rate")
     f.add_argument(
-        "--lr-schedule", choices=("constant", "cosine"), default="constant", help="lr schedule"
+        "--lr-schedule",
+        choices=("constant", "cosine", "tail"),
+        default="constant",
+        help="lr schedule",
     )
     f.add_argument(
         "--warmup", type=_positive(int, zero=True), default=0, help="steps of linear lr warm-up"

@@ -308,6 +308,23 @@ def test_fit_svi_uses_the_guides_default_loss(monkeypatch, make, loss, expected)
     assert used == [expected]
 
 
+@pytest.mark.parametrize(
+    ("make", "options", "final_lr"),
+    [
+        (pf.AutoFlow, {}, 0.0),  # the guide's default_lr_schedule, "tail": decays to 0
+        (pf.AutoFlow, {"lr_schedule": None}, 0.05),  # the caller's choice wins
+        (AutoNormal, {}, 0.05),  # Pyro's guides: a constant rate, as before
+        (AutoNormal, {"lr_schedule": "tail"}, 0.0),
+    ],
+)
+def test_fit_svi_uses_the_guides_default_lr_schedule(make, options, final_lr):
+    model = _correlated()
+    history = pf.fit_svi(
+        model, make(model), steps=8, lr=0.05, progress=False, final_check=False, **options
+    )
+    assert history.final_lr == pytest.approx(final_lr, abs=1e-12)
+
+
 def test_is_an_autocontinuous_guide():
     # AutoFlow is an AutoContinuous: it works wherever Pyro's own guides do
     guide = pf.AutoFlow(funnel(3).model, pf.MAF, num_layers=1, hidden_dims=(8,))

@@ -77,11 +77,13 @@ class LoopConfig:
         optimizer: ``"adam"`` (AdamW when ``weight_decay`` > 0), ``"adamw"``, ``"sgd"``,
             ``"rmsprop"``, a ``torch.optim`` class / factory ``(params, lr=...)``, or a Pyro
             optimiser such as ``pyro.optim.Adam({"lr": 0.01})`` (its own arguments win).
-        lr_schedule: ``None``, ``"cosine"`` (to 0 over the run), or a factory
+        lr_schedule: ``None``, ``"cosine"`` (to 0 over the run), ``"tail"`` (constant, then
+            a cosine decay to 0 over the last quarter of the run), or a factory
             ``optimizer -> scheduler`` (``ReduceLROnPlateau`` is stepped with the validation
             loss).
         warmup: raise the learning rate linearly over the first ``warmup`` steps (with
-            ``lr_schedule`` ``None`` or ``"cosine"``); lets flow matching use larger rates.
+            ``lr_schedule`` ``None``, ``"cosine"`` or ``"tail"``); lets flow matching use larger
+            rates.
         weight_decay: decoupled weight decay (>= 0).
         clip_grad: maximum global gradient norm (``None``: no clipping).
         eval_every: steps between validation checks (``fit``); the last step is always

@@ -14,7 +14,10 @@ from pyro.optim import PyroOptim
 from pyro.optim.lr_scheduler import PyroLRScheduler
 from torch import Tensor
 
-__all__ = ["make_optimizer", "make_scheduler"]
+__all__ = ["TAIL_FRACTION", "make_optimizer", "make_scheduler"]
+
+#: the last fraction of the steps over which ``lr_schedule="tail"`` decays the rate to 0
+TAIL_FRACTION = 0.25
 
 _OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -69,13 +72,15 @@ def make_optimizer(
 
 def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: int = 0) -> Any:
     """The learning-rate schedule named by ``spec``: ``None``, ``"cosine"`` (cosine decay to 0
-    over ``steps``), or a factory ``optimizer -> scheduler`` (e.g.
+    over ``steps``), ``"tail"`` (constant, then a cosine decay to 0 over the last
+    :data:`TAIL_FRACTION` of the ``steps``: the last iterate, which is what a fit returns, is
+    then less noisy), or a factory ``optimizer -> scheduler`` (e.g.
     ``functools.partial(StepLR, step_size=100)``; for a function of the step use
     ``lambda opt: LambdaLR(opt, f)``).
 
     ``warmup`` > 0 multiplies the rate of step :math:`k` (from 0) by
-    :math:`\\min(1, (k + 1) / \\text{warmup})`, a linear warm-up, on top of ``None`` or
-    ``"cosine"`` (a factory brings its own).
+    :math:`\\min(1, (k + 1) / \\text{warmup})`, a linear warm-up, on top of ``None``,
+    ``"cosine"`` or ``"tail"`` (a factory brings its own).
 
     Example:
         >>> opt = make_optimizer("sgd", [torch.zeros(1, requires_grad=True)], 1.0)
@@ -87,6 +92,13 @@ def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: in
         0.5
         0.1464
         0.0
+        >>> opt = make_optimizer("sgd", [torch.zeros(1, requires_grad=True)], 1.0)
+        >>> sched = make_scheduler("tail", opt, steps=8)     # flat for 6 steps, then decays
+        >>> rates = []
+        >>> for _ in range(8):
+        ...     rates.append(round(opt.param_groups[0]["lr"], 4)); opt.step(); sched.step()
+        >>> rates, round(opt.param_groups[0]["lr"], 4)
+        ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5], 0.0)
         >>> opt = make_optimizer("sgd", [torch.zeros(1, requires_grad=True)], 1.0)
         >>> sched = make_scheduler(None, opt, steps=100, warmup=4)
         >>> rates = []
@@ -107,12 +119,24 @@ def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: in
             opt,
             lambda k: ramp(k) * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1))),
         )
+    if spec == "tail":
+        tail = max(1, round(TAIL_FRACTION * steps))
+        flat = steps - tail
+
+        def decay(k: int) -> float:
+            if k < flat:
+                return ramp(k)
+            return ramp(k) * 0.5 * (1.0 + math.cos(math.pi * min(k - flat, tail) / tail))
+
+        return torch.optim.lr_scheduler.LambdaLR(opt, decay)
     if isinstance(spec, str) or not callable(spec):
-        raise ValueError(f"lr_schedule must be None, 'cosine' or a scheduler factory; got {spec!r}")
+        raise ValueError(
+            f"lr_schedule must be None, 'cosine', 'tail' or a scheduler factory; got {spec!r}"
+        )
     if warm:
         raise ValueError(
-            "warmup applies to lr_schedule=None or 'cosine'; a scheduler factory brings its own "
-            "warm-up (e.g. torch.optim.lr_scheduler.SequentialLR with a LinearLR first)"
+            "warmup applies to lr_schedule=None, 'cosine' or 'tail'; a scheduler factory brings "
+            "its own warm-up (e.g. torch.optim.lr_scheduler.SequentialLR with a LinearLR first)"
         )
     sched = spec(opt)
     if not (hasattr(sched, "step") and hasattr(sched, "state_dict")):

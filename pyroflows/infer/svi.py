@@ -384,18 +384,16 @@ def fit_svi(
     the model's parameters by maximising the ELBO; ``*args`` and the keywords that are not
     options go to model and guide.
 
-    The returned guide is the last iterate. With the default constant learning rate that
-    iterate still moves with the noise of the one-particle gradient; ``lr_schedule="cosine"``
-    (the rate decays to 0 over the run) returns a less noisy guide, for Pyro's guides as for
-    :class:`~pyroflows.AutoFlow`: in ``benchmarks/vi_targets.py`` (docs/benchmarks.md, issue
-    13, round 3) it took ``pf.AutoFlow``'s eight-schools mean error after 4000 steps from 0.116
-    to 0.023 reference sds and the constrained model's KL after 1000 steps from 0.189 to 0.085
-    nats (AutoIAFNormal's from 0.177 to 0.113), median of 3 seeds. It is not the default: it
-    slows a fit still far from converged (logistic regression, 31-D, 1000 steps: KL 2.83 ->
-    4.08; a two-mode mixture: 0.35 -> 0.47), so pass it when ``steps`` is long enough for the
-    fit to settle. A constant rate then a cosine decay over the last quarter of the steps (a
-    factory, ``lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, f)``) kept the gains without
-    that cost for ``pf.AutoFlow`` there (eight schools 0.017, logistic regression 2.38).
+    The returned guide is the last iterate. At a constant learning rate that iterate still
+    moves with the noise of the one-particle gradient, so :class:`~pyroflows.AutoFlow` trains by
+    default with ``lr_schedule="tail"`` (constant, then a cosine decay to 0 over the last
+    quarter of the steps): in ``benchmarks/vi_targets.py`` (docs/benchmarks.md, issue 13,
+    rounds 3-4) it took eight schools' mean error after 4000 steps from 0.116 to 0.017
+    reference sds and lowered the KL on every target of the suite (the constrained model 0.189
+    -> 0.102 nats, logistic regression 2.83 -> 2.38), median of 3 seeds. Pyro's guides keep a
+    constant rate by default (their numbers there were measured so); pass ``lr_schedule="tail"``
+    for them too. ``"cosine"`` (the decay over the whole run) also settles the last iterate,
+    but slows a fit still far from converged (logistic regression: 2.83 -> 4.08).
 
     Args:
         num_particles: samples per ELBO estimate (vectorised over particles when > 1 and the
@@ -419,8 +417,10 @@ def fit_svi(
         num_check_samples: guide draws of the final check (>= 2; k-hat wants a few hundred).
         **kwargs: the training loop's options, documented in
             :class:`~pyroflows.infer.LoopConfig` and shared with :func:`~pyroflows.infer.fit`:
-            ``steps`` (default 1000), ``lr`` (default 3e-3), ``optimizer``, ``lr_schedule``,
-            ``warmup``, ``weight_decay``, ``clip_grad``, ``progress``, ``seed``,
+            ``steps`` (default 1000), ``lr`` (default 3e-3), ``optimizer``, ``lr_schedule``
+            (default: the guide's ``default_lr_schedule`` attribute where it has one,
+            ``"tail"`` for :class:`~pyroflows.AutoFlow`, else ``None``; pass
+            ``lr_schedule=None`` for a constant rate), ``warmup``, ``weight_decay``, ``clip_grad``, ``progress``, ``seed``,
             ``checkpoint``, ``checkpoint_every``, ``resume``, ``callbacks`` (``cb(step,
             history, guide)``); ``eval_every`` and ``patience`` are ``fit``'s (there is no
             validation loss here). The other keywords go to the model and the guide; one the
@@ -454,6 +454,7 @@ def fit_svi(
         (100, 'good', '')
     """
     options = {k: kwargs.pop(k) for k in LOOP_OPTIONS if k in kwargs}
+    options.setdefault("lr_schedule", getattr(guide, "default_lr_schedule", None))
     cfg = loop_config("fit_svi", options, own=SVI_OPTIONS, defaults=SVI_DEFAULTS)
     for name in ("eval_every", "patience"):
         if getattr(cfg, name) is not None:
