@@ -686,6 +686,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _read_jsonl(paths: Sequence[str]) -> list[dict]:
+    """The records of ``--combine``'s JSON-lines files, in order."""
+    records: list[dict] = []
+    for path in paths:
+        with open(path) as fh:
+            records += [json.loads(line) for line in fh]
+    return records
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     args = parse_args(argv)
     threads = set_threads(args.threads)
@@ -705,13 +714,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         body = [speed_table(results, args.libraries), "", "Parameter counts:", "",
                 params_table(results)]  # fmt: skip
     elif args.part == "sweep":
-        if args.combine:
-            records = []
-            for path in args.combine:
-                with open(path) as fh:
-                    records += [json.loads(line) for line in fh]
-        else:
-            records = run_sweep(args, log)
+        records = _read_jsonl(args.combine) if args.combine else run_sweep(args, log)
         body = [
             "Two moons (standardised; NLL in nats in data units, optimum 0.289), pf.NSF(2) coupling "
             "form, test NLL at best-validation weights.",
@@ -719,13 +722,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             sweep_table(records),
         ]
     else:
-        if args.combine:
-            records = []
-            for path in args.combine:
-                with open(path) as fh:
-                    records += [json.loads(line) for line in fh]
-        else:
-            records = run_quality(args, log)
+        records = _read_jsonl(args.combine) if args.combine else run_quality(args, log)
         body = [
             "Medians over the seeds (min-max); the last column is pyroflows' median minus the "
             "best other library's (negative: pyroflows better).",

@@ -57,6 +57,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import pyroflows as pf
 from benchmarks.common import environment, markdown_table, set_threads
 from pyroflows.datasets import VI_TARGETS, VITarget
+from pyroflows.infer.optim import _tail
 
 #: AutoFlow families the benchmark runs when this pyroflows has them (NSF: skipped if missing).
 FAMILIES = ("IAF", "MAF", "RealNVP", "NSF")
@@ -154,14 +155,11 @@ def _schedule(text: str, steps: int) -> str | Callable | None:
         return None  # a constant rate, also for AutoFlow (whose default is "tail")
     if text in ("cosine", "tail"):
         return text
-    if text.startswith("tail"):
-        tail = max(1, round(float(text[4:]) * steps))
-        flat = steps - tail
-
-        def factor(k: int) -> float:
-            return 1.0 if k < flat else 0.5 * (1.0 + math.cos(math.pi * min(k - flat, tail) / tail))
-
-        return lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    if text.startswith("tail"):  # the library's "tail" at another fraction
+        fraction = float(text[4:])
+        return lambda opt: torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda k: _tail(k, steps, fraction)
+        )
     raise SystemExit(f"sched must be none, cosine, tail or tailF; got {text!r}")
 
 

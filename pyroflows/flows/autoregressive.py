@@ -2,27 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any
 
 import torch  # noqa: F401  (doctests)
 from torch import nn
 
 from ..transforms.autoregressive import ConditionalMaskedAutoregressive, MaskedAutoregressive
-from .base import Flow
+from .base import Flow, _layer
 
 __all__ = ["IAF", "MAF"]
 
 
-def _autoregressive(
-    input_dim: int, *, hidden_dims: Sequence[int] | None, context_dim: int, **kw: Any
-) -> MaskedAutoregressive:
-    """One masked autoregressive layer, conditional when ``context_dim`` > 0."""
-    if context_dim:
-        return ConditionalMaskedAutoregressive(
-            input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
-        )
-    return MaskedAutoregressive(input_dim, hidden_dims=hidden_dims, **kw)
+#: one masked autoregressive layer, conditional when ``context_dim`` > 0
+_autoregressive = functools.partial(_layer, MaskedAutoregressive, ConditionalMaskedAutoregressive)
 
 
 class MAF(Flow):

@@ -38,6 +38,23 @@ from ..transforms.base import (
 
 __all__ = ["FLOWS", "Flow", "FlowDistribution"]
 
+
+def _layer(
+    plain: type,
+    conditional: type,
+    input_dim: int,
+    *,
+    hidden_dims: Sequence[int] | None,
+    context_dim: int,
+    **kw: Any,
+) -> Any:
+    """One layer of class ``plain``, or of its conditional form ``conditional`` when
+    ``context_dim`` > 0 (the presets' shared "conditional or not" choice)."""
+    if context_dim:
+        return conditional(input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw)
+    return plain(input_dim, hidden_dims=hidden_dims, **kw)
+
+
 #: class name -> Flow subclass, filled automatically; used by ``load``.
 FLOWS: dict[str, type[Flow]] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,19 +14,13 @@ from ..transforms.coupling import ConditionalCoupling, Coupling
 from ..transforms.linear import ActNorm, ElementwiseAffine, LULinear
 from ..transforms.multiscale import glow_transforms, is_image_form, realnvp_image_transforms
 from .autoregressive import _autoregressive
-from .base import Flow
+from .base import Flow, _layer
 
 __all__ = ["NICE", "NSF", "Glow", "RealNVP"]
 
 
-def _coupling(
-    input_dim: int, *, hidden_dims: Sequence[int] | None, context_dim: int, **kw: Any
-) -> Coupling:
-    if context_dim:
-        return ConditionalCoupling(
-            input_dim, context_dim=context_dim, hidden_dims=hidden_dims, **kw
-        )
-    return Coupling(input_dim, hidden_dims=hidden_dims, **kw)
+#: one coupling layer, conditional when ``context_dim`` > 0
+_coupling = functools.partial(_layer, Coupling, ConditionalCoupling)
 
 
 def _vector_or_image(

@@ -70,6 +70,16 @@ def make_optimizer(
     return opt
 
 
+def _tail(k: int, steps: int, fraction: float = TAIL_FRACTION) -> float:
+    """Rate factor of step ``k`` under ``"tail"``: 1, then a cosine from 1 to 0 over the last
+    ``fraction`` of the ``steps`` (at least one step)."""
+    tail = max(1, round(fraction * steps))
+    flat = steps - tail
+    if k < flat:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(k - flat, tail) / tail))
+
+
 def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: int = 0) -> Any:
     """The learning-rate schedule named by ``spec``: ``None``, ``"cosine"`` (cosine decay to 0
     over ``steps``), ``"tail"`` (constant, then a cosine decay to 0 over the last
@@ -120,15 +130,7 @@ def make_scheduler(spec: Any, opt: torch.optim.Optimizer, steps: int, warmup: in
             lambda k: ramp(k) * 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / max(steps, 1))),
         )
     if spec == "tail":
-        tail = max(1, round(TAIL_FRACTION * steps))
-        flat = steps - tail
-
-        def decay(k: int) -> float:
-            if k < flat:
-                return ramp(k)
-            return ramp(k) * 0.5 * (1.0 + math.cos(math.pi * min(k - flat, tail) / tail))
-
-        return torch.optim.lr_scheduler.LambdaLR(opt, decay)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: ramp(k) * _tail(k, steps))
     if isinstance(spec, str) or not callable(spec):
         raise ValueError(
             f"lr_schedule must be None, 'cosine', 'tail' or a scheduler factory; got {spec!r}"
