@@ -69,8 +69,11 @@ best-validation weights), test NLL of the best-validation weights, medians over 
 K in 4, 8, 16 and B in 3, 5, seeds 0 and 1, 1000 steps of 512 (``--sweep-*`` options), test NLL
 at best-validation weights.
 
-``--variants init-torch`` adds pyroflows with the last layer of every conditioner re-initialised
-by PyTorch's default (``benchmarks/convergence.py``'s mechanism) instead of zeros.
+``--contenders`` takes the libraries and two pyroflows variants: ``"pyroflows init-torch"``
+(the last layer of every conditioner re-initialised by PyTorch's default,
+``benchmarks/convergence.py``'s mechanism, instead of zeros) and ``"pyroflows base-side"``
+(``pf.NSF(..., invert_spline=False)``: each spline on the base side, as in Pyro and in
+pyroflows before ``invert_spline``, instead of the data side).
 
 Usage::
 
@@ -92,6 +95,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,13 +136,21 @@ BINS, BOUND = 8, 5.0
 # ---- builders ---------------------------------------------------------------------------------
 
 
-def build_pyroflows(form: str, dim: int, layers: int, hidden: Sequence[int]) -> Contender:
+def build_pyroflows(
+    form: str, dim: int, layers: int, hidden: Sequence[int], **options: Any
+) -> Contender:
     """``pf.NSF`` as a user calls it (coupling default, ``fast="density"`` autoregressive)."""
     import pyroflows as pf
 
     fast = None if form == "coupling" else "density"
     model = pf.NSF(
-        dim, num_layers=layers, hidden_dims=tuple(hidden), bins=BINS, bound=BOUND, fast=fast
+        dim,
+        num_layers=layers,
+        hidden_dims=tuple(hidden),
+        bins=BINS,
+        bound=BOUND,
+        fast=fast,
+        **options,
     )
     return Contender(
         "pyroflows", model, log_prob=model.log_prob, sample=lambda n, m=model: m.sample((n,))
@@ -310,10 +322,12 @@ def init_torch(model: nn.Module) -> None:
 
 
 def build(name: str, form: str, dim: int, args: argparse.Namespace) -> Contender:
-    """A contender by name: a library, or ``pyroflows init-torch``."""
-    if name == "pyroflows init-torch":
-        c = build_pyroflows(form, dim, args.layers, args.hidden)
-        init_torch(c.module)
+    """A contender by name: a library, ``pyroflows init-torch`` or ``pyroflows base-side``."""
+    if name in ("pyroflows init-torch", "pyroflows base-side"):
+        side = {"invert_spline": False} if name.endswith("base-side") else {}
+        c = build_pyroflows(form, dim, args.layers, args.hidden, **side)
+        if name.endswith("init-torch"):
+            init_torch(c.module)
         c.name = name
         return c
     return BUILDERS[name](form, dim, args.layers, args.hidden)
@@ -657,7 +671,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--contenders",
         nargs="+",
         default=["pyroflows", "zuko", "nflows", "pyro", "pyroflows init-torch"],
-        help="libraries and/or 'pyroflows init-torch'",
+        help="libraries, 'pyroflows init-torch' and/or 'pyroflows base-side'",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--moons-steps", type=int, default=400)

@@ -258,6 +258,15 @@ REGISTRY: dict[str, Entry] = {
         lambda: T.MaskedAutoregressive(3, hidden_dims=H, transformer="spline", bins=4, bound=2.0),
         autoregressive=True,
     ),
+    "spline_maf_base_side": Entry(
+        lambda: T.MaskedAutoregressive(
+            3, hidden_dims=H, transformer="spline", bins=4, bound=2.0, invert_spline=False
+        ),
+        autoregressive=True,
+    ),
+    "spline_coupling_base_side": Entry(
+        lambda: T.Coupling(3, hidden_dims=H, transformer="spline", bound=2.0, invert_spline=False)
+    ),
     "spline_iaf": Entry(
         lambda: T.MaskedAutoregressive(
             3, hidden_dims=H, fast="sample", transformer="spline", bound=2.0
@@ -293,6 +302,10 @@ REGISTRY: dict[str, Entry] = {
     "NSF": Entry(lambda: pf.NSF(3, num_layers=2, hidden_dims=H, bins=4, bound=2.0), is_flow=True),
     "NSF_density": Entry(
         lambda: pf.NSF(3, num_layers=2, hidden_dims=H, bound=2.0, fast="density"), is_flow=True
+    ),
+    "NSF_base_side": Entry(
+        lambda: pf.NSF(3, num_layers=2, hidden_dims=H, bound=2.0, invert_spline=False),
+        is_flow=True,
     ),
     "NSF_sample": Entry(
         lambda: pf.NSF(3, num_layers=2, hidden_dims=H, bound=2.0, fast="sample"), is_flow=True

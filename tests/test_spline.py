@@ -205,6 +205,36 @@ def test_transformer_table_binds_each_transformers_own_options():
     )
 
 
+@pytest.mark.parametrize("fast", [None, "density"])
+@pytest.mark.parametrize("invert", [True, False])
+def test_invert_spline_puts_the_spline_on_the_data_side_or_the_base_side(fast, invert):
+    torch.manual_seed(0)
+    options = dict(hidden_dims=(8,), transformer="spline", bins=4, bound=2.0)
+    options["invert_spline"] = invert
+    layer = (
+        T.Coupling(2, **options)
+        if fast is None
+        else T.MaskedAutoregressive(2, fast=fast, **options)
+    )
+    perturb(layer)
+    y = 1.5 * torch.randn(64, 2)  # data side
+    x = layer.inv(y)  # base side
+    # the second coordinate's parameters depend on the first, which neither map changes
+    params = layer._params(y[:, :1], None) if fast is None else layer.conditioner(y)[..., 1:]
+    s = rational_quadratic_spline
+    want = s(y[:, 1], params[:, :, 0], bins=4, bound=2.0, inverse=not invert, dim=-1)[0]
+    torch.testing.assert_close(x[:, 1], want)
+    # log_prob's log-det: the log-derivative of the data -> base map, by autograd
+    ld = -layer.log_abs_det_jacobian(x, y)
+    yy = y.clone().requires_grad_(True)
+    out = layer.inv(yy)
+    rows = [torch.autograd.grad(out[:, i].sum(), yy, retain_graph=True)[0] for i in range(2)]
+    jac = torch.stack(rows, dim=1)  # (64, 2, 2), lower-triangular
+    torch.testing.assert_close(ld, torch.logdet(jac), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="invert_spline must be True or False"):
+        T.Coupling(2, transformer="spline", invert_spline="yes")
+
+
 @pytest.mark.parametrize("coords", [1, 3, 8, 20])  # below and above the transposed-copy size
 @pytest.mark.parametrize("inverse", [False, True])
 def test_transformers_take_one_parameter_tensor_on_any_axis(coords, inverse):

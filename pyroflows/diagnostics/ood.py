@@ -122,10 +122,10 @@ class OODDetector:
     8x8 digits benchmark in docs/benchmarks.md (classes 0-4 in), a dense autoregressive spline
     flow on the flattened pixels, ``NSF(64, hidden_dims=(128, 128), fast="density")``, puts
     ``"combined"`` at 1.000 AUROC on every synthetic shift (blank, constant, noise, inverted,
-    shifted) and at 0.957-0.972 on the unseen classes 5-9, 0.017-0.033 above a multi-scale
-    Glow's likelihood and 0.018-0.025 above ``"combined"`` on that Glow. On the unseen classes
-    it is level with the NSF's own likelihood (-0.001 to +0.009), which alone misses blank
-    images (0.92-0.95 AUROC); ``"complexity"`` alone loses on the unseen classes. A dense
+    shifted) and at 0.955-0.975 on the unseen classes 5-9, 0.014-0.031 above a multi-scale
+    Glow's likelihood and 0.017-0.023 above ``"combined"`` on that Glow. On the unseen classes
+    it is level with the NSF's own likelihood (-0.002 to +0.006), which alone misses blank
+    images (0.89-0.98 AUROC); ``"complexity"`` alone loses on the unseen classes. A dense
     ``MAF`` was not consistently better than the Glow there. For images too large for a dense
     flow, use a :class:`~pyroflows.Glow` (there ``"combined"`` was within 0.003 of its
     likelihood or above it on the unseen classes). ``"ratio"`` with ``background="perturbed"``

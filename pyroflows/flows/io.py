@@ -265,13 +265,21 @@ _RENAMED_OPTIONS: dict[str, dict[str, str]] = {
     "RealNVP": {"steps": "steps_per_level"},
 }
 
+#: flow class -> {option: the value files written before the option existed were built with}
+_ADDED_OPTIONS: dict[str, dict[str, Any]] = {
+    "NSF": {"invert_spline": False},  # the splines were on the base side before
+}
+
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with the options renamed since it was written under their current names.
+    """``config`` with the options renamed since it was written under their current names, and
+    the options added since set to what the file's flow was built with.
 
     Example:
         >>> upgrade_config({"class": "Glow", "shape": [1, 8, 8], "steps": 2})
         {'class': 'Glow', 'shape': [1, 8, 8], 'steps_per_level': 2}
+        >>> upgrade_config({"class": "NSF", "input_dim": 2})    # written before invert_spline
+        {'invert_spline': False, 'class': 'NSF', 'input_dim': 2}
     """
     cls = config.get("class")
     renamed = _RENAMED_OPTIONS.get(cls, {}) if isinstance(cls, str) else {}
@@ -279,6 +287,8 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
     for key, value in config.items():
         new = renamed.get(key)
         out[new if new is not None and new not in config else key] = value
+    if isinstance(cls, str):
+        out = {**_ADDED_OPTIONS.get(cls, {}), **out}
     return out
 
 

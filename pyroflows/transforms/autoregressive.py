@@ -59,6 +59,9 @@ class MaskedAutoregressive(FlowTransform):
         log_scale_bound: soft bound on affine log-scales.
         bins: spline bins :math:`K` (``transformer="spline"`` only).
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
+        invert_spline: the spline on the data side (``True``: ``log_prob`` evaluates it, as
+            zuko and nflows) or the base side (``False``: as Pyro); see
+            :func:`~pyroflows.transforms.elementwise.spline` (``"spline"`` only).
         activation: activation class.
         zero_init: zero-initialise the MADE's last layer, so that the layer starts as the
             identity (the default here, in the helpers and in guides); ``False`` starts it at a
@@ -87,6 +90,7 @@ class MaskedAutoregressive(FlowTransform):
         log_scale_bound: float | None = 3.0,
         bins: int = 8,
         bound: float = 5.0,
+        invert_spline: bool = True,
         activation: type[nn.Module] = nn.ReLU,
         zero_init: bool = True,
     ) -> None:
@@ -94,7 +98,11 @@ class MaskedAutoregressive(FlowTransform):
         if fast not in ("density", "sample"):
             raise ValueError(f"fast must be 'density' (MAF) or 'sample' (IAF); got {fast!r}")
         self.num_params, self._tau = get_transformer(
-            transformer, log_scale_bound=log_scale_bound, bins=bins, bound=bound
+            transformer,
+            log_scale_bound=log_scale_bound,
+            bins=bins,
+            bound=bound,
+            invert_spline=invert_spline,
         )
         self.fast, self.transformer = fast, transformer
         self.conditioner = MADE(

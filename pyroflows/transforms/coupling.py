@@ -52,6 +52,9 @@ class Coupling(FlowTransform):
         log_scale_bound: soft bound :math:`b` on affine log-scales.
         bins: spline bins :math:`K` (``transformer="spline"`` only).
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
+        invert_spline: the spline on the data side (``True``: ``log_prob`` evaluates it, as
+            zuko and nflows) or the base side (``False``: as Pyro); see
+            :func:`~pyroflows.transforms.elementwise.spline` (``"spline"`` only).
         activation: activation class of the conditioner.
         zero_init: zero-initialise the default conditioner's last layer, so that the layer
             starts as the identity (the default here, in the helpers and in guides); ``False``
@@ -84,6 +87,7 @@ class Coupling(FlowTransform):
         log_scale_bound: float | None = 3.0,
         bins: int = 8,
         bound: float = 5.0,
+        invert_spline: bool = True,
         activation: type[nn.Module] = nn.ReLU,
         zero_init: bool = True,
         conditioner: nn.Module | None = None,
@@ -91,7 +95,11 @@ class Coupling(FlowTransform):
     ) -> None:
         super().__init__(event_shape or (input_dim,), context_dim=context_dim)
         self.num_params, self._tau = get_transformer(
-            transformer, log_scale_bound=log_scale_bound, bins=bins, bound=bound
+            transformer,
+            log_scale_bound=log_scale_bound,
+            bins=bins,
+            bound=bound,
+            invert_spline=invert_spline,
         )
         self.transformer, self.swap = transformer, bool(swap)
         if conditioner is None:

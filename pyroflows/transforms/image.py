@@ -213,6 +213,8 @@ class ImageCoupling(Coupling):
         log_scale_bound: soft bound on affine log-scales.
         bins: spline bins :math:`K` (``transformer="spline"`` only).
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
+        invert_spline: the spline on the data side or the base side, as
+            :class:`~pyroflows.transforms.Coupling`'s (``"spline"`` only).
         activation: activation class of the conditioner.
 
     Example:
@@ -237,10 +239,13 @@ class ImageCoupling(Coupling):
         log_scale_bound: float | None = 3.0,
         bins: int = 8,
         bound: float = 5.0,
+        invert_spline: bool = True,
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         c, h, w = image_shape(shape)
-        options = dict(log_scale_bound=log_scale_bound, bins=bins, bound=bound)
+        options = dict(
+            log_scale_bound=log_scale_bound, bins=bins, bound=bound, invert_spline=invert_spline
+        )
         k = get_transformer(transformer, **options)[0]
         conv = dict(context_dim=context_dim, activation=activation)
         if mask == "channel":
