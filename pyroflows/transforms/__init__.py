@@ -37,7 +37,7 @@ from .coupling import (
     spline_coupling,
 )
 from .dequantize import Logit, dequantize, num_levels
-from .elementwise import TRANSFORMERS, get_transformer, rational_quadratic_spline
+from .elementwise import TRANSFORMERS, get_transformer, rational_quadratic_spline, spline
 from .image import (
     ConditionalImageCoupling,
     ImageCoupling,
@@ -120,6 +120,7 @@ __all__ = [
     "rational_quadratic_spline",
     "realnvp_image_transforms",
     "space_to_depth",
+    "spline",
     "spline_autoregressive",
     "spline_coupling",
     "validation",
