@@ -41,6 +41,12 @@ building the same flow):
                       direction, ``z = y exp(-s) - t`` (sampling ``y = (x + t) exp(s)``), instead
                       of ``z = (y - t) exp(-s)``; ``softsign+shift-after``: both, which is
                       zuko's affine coupling exactly (checked by copying zuko's weights)
+  ``base-side``       the affine map on the base side, ``z = (y - t) exp(-s)`` in the density
+                      direction (MAF's default before ``invert_affine``; RealNVP's and IAF's
+                      now). ``bound-softsign``, ``shift-after`` and ``softsign+shift-after``
+                      replace the transformer whatever side the preset uses; MAF's default is
+                      now the data side, the same map as ``shift-after`` up to the signs of
+                      the conditioner's outputs
   ``torch+bound-5``   ``init-torch`` and ``bound-5`` (likewise ``torch+none``, ``1e-3+bound-5``,
                       ``1e-3+none``)
   ==================  ==============================================================================
@@ -200,17 +206,18 @@ def _affine(*, softsign: bool = False, shift_after: bool = False) -> Callable[[n
             tau = layer._tau  # type: ignore[attr-defined]
             if getattr(tau, "func", None) is not _library_affine():
                 raise TypeError(f"{type(layer).__name__} has no affine transformer to replace")
+            keywords = {k: v for k, v in tau.keywords.items() if k != "invert"}  # its own side
             layer._tau = functools.partial(  # type: ignore[attr-defined]
-                affine_variant, softsign=softsign, shift_after=shift_after, **tau.keywords
+                affine_variant, softsign=softsign, shift_after=shift_after, **keywords
             )
 
     return apply
 
 
 def _library_affine() -> Callable[..., tuple[Tensor, Tensor | None]]:
-    from pyroflows.transforms.elementwise import affine
+    from pyroflows.transforms.elementwise import affine_on_side
 
-    return affine
+    return affine_on_side
 
 
 def _random_perm(model: nn.Module) -> None:
@@ -234,6 +241,7 @@ VARIANTS: dict[str, tuple[Callable[[nn.Module], None], ...]] = {
     "1e-3+none": (_init_normal(1e-3), _bound(None)),
     "bound-softsign": (_affine(softsign=True),),
     "shift-after": (_affine(shift_after=True),),
+    "base-side": (_affine(),),
     "softsign+shift-after": (_affine(softsign=True, shift_after=True),),
 }
 #: what a run without --variants trains (the others are cheap to add; see the docstring)

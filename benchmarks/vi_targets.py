@@ -20,8 +20,8 @@ Guides (``--guides``): ``AutoNormal``, ``AutoMultivariateNormal``, ``AutoLowRank
 defaults; ``AutoFlow:key=value:...`` sets options, which is how the defaults sweep runs: keys
 ``flow`` (a family), ``init_scale``, ``affine`` (``tril``, ``diagonal``), ``layers``,
 ``hidden`` (``64``, ``64x64`` or ``3D+1``), ``last`` (``zero``, the presets' initialisation of
-the conditioners' last layers, or ``torch``, PyTorch's random one), ``spline`` (NSF:
-``data`` or ``base``, its ``invert_spline=True`` or ``False``), ``lr``, ``loss`` and
+the conditioners' last layers, or ``torch``, PyTorch's random one), ``side`` (``data`` or
+``base``: NSF's ``invert_spline``, MAF's and RealNVP's ``invert_affine``), ``lr``, ``loss`` and
 ``sched`` (fit_svi's, for this guide only; ``sched`` is its ``lr_schedule``: ``none``,
 ``cosine``, ``tail`` (the library's: ``tail0.25``) or ``tailF``, constant then a cosine decay to
 0 over the last fraction ``F`` of the steps). The fit_svi options ``lr``, ``loss`` and ``sched``
@@ -139,11 +139,12 @@ def make_guide(spec: str, target: VITarget) -> tuple[Callable, dict]:
         kwargs["num_layers"] = int(opts.pop("layers"))
     if "hidden" in opts:
         kwargs["hidden_dims"] = _hidden(opts.pop("hidden"), dim)
-    if "spline" in opts:  # NSF: which side the splines are on
-        side = opts.pop("spline")
+    if "side" in opts:  # which side the splines (NSF) or affine maps (MAF, RealNVP) are on
+        side = opts.pop("side")
         if side not in ("data", "base"):
-            raise SystemExit(f"spline must be data or base in {spec!r}")
-        kwargs["invert_spline"] = side == "data"
+            raise SystemExit(f"side must be data or base in {spec!r}")
+        option = "invert_spline" if kwargs.get("flow") is pf.NSF else "invert_affine"
+        kwargs[option] = side == "data"
     if opts.get("last", "zero") not in ("zero", "torch"):
         raise SystemExit(f"last must be zero or torch in {spec!r}")
     if opts.pop("last", "zero") == "torch":

@@ -147,6 +147,12 @@ REGISTRY: dict[str, Entry] = {
     # --- flows --------------------------------------------------------------------------------
     "MAF": Entry(lambda: pf.MAF(3, num_layers=2, hidden_dims=H), is_flow=True),
     "IAF": Entry(lambda: pf.IAF(3, num_layers=2, hidden_dims=H), is_flow=True),
+    "MAF_base_side": Entry(
+        lambda: pf.MAF(3, num_layers=2, hidden_dims=H, invert_affine=False), is_flow=True
+    ),
+    "affine_coupling_data_side": Entry(
+        lambda: T.Coupling(4, hidden_dims=H, invert_affine=True), shape=(4,)
+    ),
     "RealNVP": Entry(lambda: pf.RealNVP(3, num_layers=2, hidden_dims=H), is_flow=True),
     "NICE": Entry(lambda: pf.NICE(3, num_layers=2, hidden_dims=H), is_flow=True),
     "Glow": Entry(lambda: pf.Glow(3, num_layers=2, hidden_dims=H), is_flow=True),

@@ -268,23 +268,26 @@ def test_image_flows_saved_with_steps_load_as_steps_per_level(tmp_path, make):
     torch.testing.assert_close(again.log_prob(x), flow.eval().log_prob(x))
 
 
-def test_nsf_files_written_before_invert_spline_load_with_the_base_side_spline(tmp_path):
+@pytest.mark.parametrize(
+    ("cls", "option"), [(pf.NSF, "invert_spline"), (pf.MAF, "invert_affine")], ids=["NSF", "MAF"]
+)
+def test_files_written_before_the_side_options_load_with_the_base_side(tmp_path, cls, option):
     torch.manual_seed(0)
-    old = pf.NSF(2, num_layers=2, hidden_dims=(8,), invert_spline=False, zero_init=False)
+    old = cls(2, num_layers=2, hidden_dims=(8,), zero_init=False, **{option: False})
     pf.save(old, tmp_path / "old.pt")
     config = json.loads(torch.load(str(tmp_path / "old.pt"), weights_only=True)["config"])
-    del config["invert_spline"]  # files written before the option have no such key
+    del config[option]  # files written before the option have no such key
     rewrite(tmp_path / "old.pt", config=json.dumps(config))
     again = pf.load(tmp_path / "old.pt")
-    assert again.config["invert_spline"] is False
+    assert again.config[option] is False
     x = torch.randn(5, 2)
     torch.testing.assert_close(again.log_prob(x), old.eval().log_prob(x))
-    # the same weights with the spline on the data side are a different density
-    new = pf.NSF(2, num_layers=2, hidden_dims=(8,))
+    # the same weights with the map on the data side (the default now) are another density
+    new = cls(2, num_layers=2, hidden_dims=(8,))
     new.load_state_dict(old.state_dict())
     assert not torch.allclose(new.eval().log_prob(x), old.log_prob(x))
     pf.save(new, tmp_path / "new.pt")
-    assert pf.load(tmp_path / "new.pt").config["invert_spline"] is True
+    assert pf.load(tmp_path / "new.pt").config[option] is True
 
 
 # ---- 17: eval mode -----------------------------------------------------------------------------

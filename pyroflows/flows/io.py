@@ -268,6 +268,7 @@ _RENAMED_OPTIONS: dict[str, dict[str, str]] = {
 #: flow class -> {option: the value files written before the option existed were built with}
 _ADDED_OPTIONS: dict[str, dict[str, Any]] = {
     "NSF": {"invert_spline": False},  # the splines were on the base side before
+    "MAF": {"invert_affine": False},  # and so were MAF's affine maps
 }
 
 

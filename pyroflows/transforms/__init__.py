@@ -37,7 +37,13 @@ from .coupling import (
     spline_coupling,
 )
 from .dequantize import Logit, dequantize, num_levels
-from .elementwise import TRANSFORMERS, get_transformer, rational_quadratic_spline, spline
+from .elementwise import (
+    TRANSFORMERS,
+    affine_on_side,
+    get_transformer,
+    rational_quadratic_spline,
+    spline,
+)
 from .image import (
     ConditionalImageCoupling,
     ImageCoupling,
@@ -96,6 +102,7 @@ __all__ = [
     "actnorm",
     "additive_coupling",
     "affine_coupling",
+    "affine_on_side",
     "conditional_additive_coupling",
     "conditional_affine_coupling",
     "conditional_continuous_flow",

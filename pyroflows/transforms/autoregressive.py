@@ -62,6 +62,10 @@ class MaskedAutoregressive(FlowTransform):
         invert_spline: the spline on the data side (``True``: ``log_prob`` evaluates it, as
             zuko and nflows) or the base side (``False``: as Pyro); see
             :func:`~pyroflows.transforms.elementwise.spline` (``"spline"`` only).
+        invert_affine: the affine map as the forward map (``False``: ``log_prob`` computes
+            :math:`(y - t) e^{-s}`, as the MAF paper and Pyro) or its inverse (``True``:
+            :math:`y e^{s} + t`, as zuko and nflows); see
+            :func:`~pyroflows.transforms.elementwise.affine_on_side` (``"affine"`` only).
         activation: activation class.
         zero_init: zero-initialise the MADE's last layer, so that the layer starts as the
             identity (the default here, in the helpers and in guides); ``False`` starts it at a
@@ -91,6 +95,7 @@ class MaskedAutoregressive(FlowTransform):
         bins: int = 8,
         bound: float = 5.0,
         invert_spline: bool = True,
+        invert_affine: bool = False,
         activation: type[nn.Module] = nn.ReLU,
         zero_init: bool = True,
     ) -> None:
@@ -103,6 +108,7 @@ class MaskedAutoregressive(FlowTransform):
             bins=bins,
             bound=bound,
             invert_spline=invert_spline,
+            invert_affine=invert_affine,
         )
         self.fast, self.transformer = fast, transformer
         self.conditioner = MADE(

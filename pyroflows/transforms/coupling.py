@@ -55,6 +55,10 @@ class Coupling(FlowTransform):
         invert_spline: the spline on the data side (``True``: ``log_prob`` evaluates it, as
             zuko and nflows) or the base side (``False``: as Pyro); see
             :func:`~pyroflows.transforms.elementwise.spline` (``"spline"`` only).
+        invert_affine: the affine map as the forward map (``False``: ``log_prob`` computes
+            :math:`(y - t) e^{-s}`, as the MAF paper and Pyro) or its inverse (``True``:
+            :math:`y e^{s} + t`, as zuko and nflows); see
+            :func:`~pyroflows.transforms.elementwise.affine_on_side` (``"affine"`` only).
         activation: activation class of the conditioner.
         zero_init: zero-initialise the default conditioner's last layer, so that the layer
             starts as the identity (the default here, in the helpers and in guides); ``False``
@@ -88,6 +92,7 @@ class Coupling(FlowTransform):
         bins: int = 8,
         bound: float = 5.0,
         invert_spline: bool = True,
+        invert_affine: bool = False,
         activation: type[nn.Module] = nn.ReLU,
         zero_init: bool = True,
         conditioner: nn.Module | None = None,
@@ -100,6 +105,7 @@ class Coupling(FlowTransform):
             bins=bins,
             bound=bound,
             invert_spline=invert_spline,
+            invert_affine=invert_affine,
         )
         self.transformer, self.swap = transformer, bool(swap)
         if conditioner is None:

@@ -48,6 +48,7 @@ __all__ = [
     "TransformerSpec",
     "additive",
     "affine",
+    "affine_on_side",
     "get_transformer",
     "rational_quadratic_spline",
     "soft_clamp",
@@ -321,16 +322,58 @@ def spline(
         >>> spline(torch.tensor([0.3]), p, invert=False, **kw)[0] == s      # Pyro's side
         tensor([True])
     """
+    return _on_side(rational_quadratic_spline, x, params, inverse, invert, log_det, options)
+
+
+def _on_side(
+    fn: Callable[..., tuple[Tensor, Tensor | None]],
+    x: Tensor,
+    params: Tensor,
+    inverse: bool,
+    invert: bool,
+    log_det: bool,
+    options: dict[str, Any],
+) -> tuple[Tensor, Tensor | None]:
+    """``fn`` as the forward map (``invert=False``) or its inverse (``invert=True``: the
+    directions swapped and the log-derivative negated, still at the base-side point)."""
     if not invert:
-        return rational_quadratic_spline(x, params, inverse=inverse, log_det=log_det, **options)
-    y, logd = rational_quadratic_spline(x, params, inverse=not inverse, log_det=log_det, **options)
+        return fn(x, params, inverse=inverse, log_det=log_det, **options)
+    y, logd = fn(x, params, inverse=not inverse, log_det=log_det, **options)
     return y, None if logd is None else -logd
+
+
+def affine_on_side(
+    x: Tensor,
+    params: Tensor,
+    *,
+    inverse: bool = False,
+    invert: bool = False,
+    log_det: bool = True,
+    **options: Any,
+) -> tuple[Tensor, Tensor | None]:
+    r"""The layers' affine transformer: :func:`affine` :math:`y = x e^{s} + t` as the forward
+    (base-to-data) map (``invert=False``, the default: the MAF paper's and Pyro's side, so
+    ``log_prob`` computes :math:`z = (y - t) e^{-s}`) or its inverse (``invert=True``: ``log_prob``
+    computes :math:`z = y e^{s} + t`, the shift after the scaling, as zuko's and nflows' MAF
+    do). :class:`~pyroflows.MAF` takes the data side (``invert_affine=True``); see its docstring
+    for the measurement.
+
+    Example:
+        >>> p = torch.tensor([[1.0, 0.0]])            # shift 1, raw log-scale 0 -> s = 0
+        >>> affine_on_side(torch.tensor([2.0]), p, inverse=True)[0]     # base side: y - 1
+        tensor([1.])
+        >>> affine_on_side(torch.tensor([2.0]), p, inverse=True, invert=True)[0]   # y + 1
+        tensor([3.])
+    """
+    return _on_side(affine, x, params, inverse, invert, log_det, options)
 
 
 Transformer = Callable[..., tuple[Tensor, Tensor | None]]
 
 
-def _two(**_: object) -> int:
+def _affine_count(bound: float | None = 3.0, invert: bool = False) -> int:
+    if not isinstance(invert, bool):
+        raise ValueError(f"invert_affine must be True or False; got {invert!r}")
     return 2
 
 
@@ -375,7 +418,7 @@ class TransformerSpec:
     Example:
         >>> spec = TRANSFORMERS["affine"]
         >>> spec.fn.__name__, spec.num_params(), spec.options
-        ('affine', 2, (('log_scale_bound', 'bound'),))
+        ('affine_on_side', 2, (('log_scale_bound', 'bound'), ('invert_affine', 'invert')))
     """
 
     fn: Transformer
@@ -385,7 +428,9 @@ class TransformerSpec:
 
 #: name -> transformer specification; layers resolve one with :func:`get_transformer`.
 TRANSFORMERS: dict[str, TransformerSpec] = {
-    "affine": TransformerSpec(affine, _two, (("log_scale_bound", "bound"),)),
+    "affine": TransformerSpec(
+        affine_on_side, _affine_count, (("log_scale_bound", "bound"), ("invert_affine", "invert"))
+    ),
     "additive": TransformerSpec(additive, _one),
     "spline": TransformerSpec(
         spline,

@@ -215,6 +215,8 @@ class ImageCoupling(Coupling):
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
         invert_spline: the spline on the data side or the base side, as
             :class:`~pyroflows.transforms.Coupling`'s (``"spline"`` only).
+        invert_affine: the affine map on the base side (``False``) or the data side, as
+            :class:`~pyroflows.transforms.Coupling`'s (``"affine"`` only).
         activation: activation class of the conditioner.
 
     Example:
@@ -240,11 +242,16 @@ class ImageCoupling(Coupling):
         bins: int = 8,
         bound: float = 5.0,
         invert_spline: bool = True,
+        invert_affine: bool = False,
         activation: type[nn.Module] = nn.ReLU,
     ) -> None:
         c, h, w = image_shape(shape)
         options = dict(
-            log_scale_bound=log_scale_bound, bins=bins, bound=bound, invert_spline=invert_spline
+            log_scale_bound=log_scale_bound,
+            bins=bins,
+            bound=bound,
+            invert_spline=invert_spline,
+            invert_affine=invert_affine,
         )
         k = get_transformer(transformer, **options)[0]
         conv = dict(context_dim=context_dim, activation=activation)
