@@ -351,7 +351,7 @@ def affine_on_side(
     log_det: bool = True,
     **options: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    r"""The layers' affine transformer: :func:`affine` :math:`y = x e^{s} + t` as the forward
+    r"""The layers' affine transformer: ``affine`` :math:`y = x e^{s} + t` as the forward
     (base-to-data) map (``invert=False``, the default: the MAF paper's and Pyro's side, so
     ``log_prob`` computes :math:`z = (y - t) e^{-s}`) or its inverse (``invert=True``: ``log_prob``
     computes :math:`z = y e^{s} + t`, the shift after the scaling, as zuko's and nflows' MAF
