@@ -26,6 +26,11 @@ Table case: an 8-D mixture of four Gaussians (MAF, 5 layers of 64 x 64) against 
 mixture shifted by ``--table-shift`` standard deviations along every axis; the background is a
 MAF trained on the table with ``--mutation-rate`` of its entries redrawn from their column's marginal.
 
+``--classes`` (with ``--flow nsf`` or ``maf``) adds rows named ``classes mixture, <method>``:
+the same flow trained with the one-hot class of each training image as its context and scored
+as :class:`pyroflows.ContextMixture` over the five classes (their training frequencies), a
+density of the image alone built from its labels (no background or ensemble rows for it).
+
 ``--flow nsf`` or ``--flow maf`` replace the Glow (the default) by a dense flow on the 64
 flattened pixels: ``NSF(64, fast="density")`` (an autoregressive rational-quadratic spline
 flow) or ``MAF(64)``, 5 layers of 128 x 128 each, trained the same way; the background and the
@@ -73,8 +78,9 @@ def digit_sets(seed: int) -> dict[str, Tensor]:
     """Train / reference / test images of classes 0-4 and the OOD sets."""
     g = torch.Generator().manual_seed(seed)
     x, y = labelled_digits()
-    inside = x[y < 5]
-    inside = inside[torch.randperm(inside.shape[0], generator=g)]
+    inside, labels = x[y < 5], y[y < 5]
+    order = torch.randperm(inside.shape[0], generator=g)
+    inside, labels = inside[order], labels[order]
     n = inside.shape[0]
     n_train, n_ref = int(0.7 * n), int(0.1 * n)
     train, ref, test = (
@@ -87,6 +93,7 @@ def digit_sets(seed: int) -> dict[str, Tensor]:
     shifted = torch.stack([_translate(img, int(s), 2) for img, s in zip(test, shifts, strict=True)])
     return {
         "train": train,
+        "train labels": labels[:n_train],
         "reference": ref,
         "test": test,
         "classes 5-9": x[y >= 5],
@@ -162,25 +169,61 @@ def nearest_neighbour_rows(train: Tensor, test: Tensor, ood: dict[str, Tensor]) 
     ]
 
 
-#: ``--flow`` choices: the digits flow of each (vector flows see the 64 flattened pixels).
+#: ``--flow`` choices: the digits flow of each (vector flows see the 64 flattened pixels;
+#: ``context_dim`` > 0 only with ``--classes``).
 DIGIT_FLOWS = {
-    "glow": lambda: pf.Glow(shape=(1, 8, 8), levels=2, steps_per_level=3, hidden_channels=32),
-    "nsf": lambda: pf.NSF(64, num_layers=5, hidden_dims=(128, 128), fast="density"),
-    "maf": lambda: pf.MAF(64, num_layers=5, hidden_dims=(128, 128)),
+    "glow": lambda context_dim=0: pf.Glow(
+        shape=(1, 8, 8), levels=2, steps_per_level=3, hidden_channels=32
+    ),
+    "nsf": lambda context_dim=0: pf.NSF(
+        64, num_layers=5, hidden_dims=(128, 128), fast="density", context_dim=context_dim
+    ),
+    "maf": lambda context_dim=0: pf.MAF(
+        64, num_layers=5, hidden_dims=(128, 128), context_dim=context_dim
+    ),
 }
+
+CLASSES = 5  #: classes 0-4 are in-distribution
+
+
+def run_digits_classes(args) -> tuple[pf.diagnostics.OODReport, float]:
+    """``--classes``: the flow conditioned on the one-hot class of each training image, scored
+    as :class:`pyroflows.ContextMixture` over the five classes (training frequencies). No
+    background or ensemble rows: those train copies of an unconditional flow."""
+    sets = {k: v.flatten(1) if k != "train labels" else v for k, v in digit_sets(args.seed).items()}
+    labels = sets["train labels"]
+    flow = DIGIT_FLOWS[args.flow](context_dim=CLASSES)
+    common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
+    t0 = time.perf_counter()
+    onehot = torch.nn.functional.one_hot(labels, CLASSES).to(torch.get_default_dtype())
+    pf.fit(flow, sets["train"], context=onehot, steps=args.steps,
+           objective=pf.bits_per_dim_loss(levels=K), **common)  # fmt: skip
+    mixture = pf.ContextMixture.from_labels(flow.eval(), labels, num_classes=CLASSES)
+    ood = {k: v for k, v in sets.items() if k not in ("train", "train labels", "reference", "test")}
+    options = dict(reference=sets["reference"], levels=K, seed=args.seed)
+    methods = ["likelihood", "typicality", "complexity", "combined"]
+    report = pf.ood_benchmark(mixture, sets["test"], ood, methods=methods, **options)
+    for r in pf.ood_benchmark(
+        mixture, sets["test"], ood, methods=["likelihood", "combined"],
+        dequantization_samples=args.draws, **options,
+    ).rows:  # fmt: skip
+        report.rows.append({**r, "method": f"{r['method']}, {args.draws} draws"})
+    for r in report.rows:
+        r["method"] = "classes mixture, " + r["method"]
+    return report, time.perf_counter() - t0
 
 
 def run_digits(args) -> tuple[pf.diagnostics.OODReport, float]:
     sets = digit_sets(args.seed)
     if args.flow != "glow":
-        sets = {k: v.flatten(1) for k, v in sets.items()}
+        sets = {k: v.flatten(1) if v.dim() > 1 else v for k, v in sets.items()}
     flow = DIGIT_FLOWS[args.flow]()
     common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
     objective = pf.bits_per_dim_loss(levels=K)
     t0 = time.perf_counter()
     pf.fit(flow, sets["train"], steps=args.steps, objective=objective, **common)
     flow.eval()
-    ood = {k: v for k, v in sets.items() if k not in ("train", "reference", "test")}
+    ood = {k: v for k, v in sets.items() if k not in ("train", "train labels", "reference", "test")}
     options = dict(reference=sets["reference"], levels=K, train_data=sets["train"], seed=args.seed)
     fit_options = dict(steps=args.steps, **common)
     report = pf.ood_benchmark(
@@ -242,6 +285,11 @@ def main(argv: list[str] | None = None) -> None:
         help="the digits flow (and its copies)",
     )
     parser.add_argument("--skip-table", action="store_true", help="run the digits case only")
+    parser.add_argument(
+        "--classes",
+        action="store_true",
+        help="also train the flow on the training labels and score its ContextMixture (nsf, maf)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -252,6 +300,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"## digits 0-4 ({name}, {args.steps} steps + background; {t_digits:.0f} s)\n")
     print(digits_report)
     reports = [digits_report]
+    if args.classes:
+        if args.flow == "glow":
+            raise SystemExit("--classes needs a vector flow: --flow nsf or --flow maf")
+        classes_report, t_classes = run_digits_classes(args)
+        print(f"\n## digits 0-4, class-conditional {name} mixed over the classes "
+              f"({args.steps} steps; {t_classes:.0f} s)\n")  # fmt: skip
+        print(classes_report)
+        reports.append(classes_report)
     if not args.skip_table:
         table_report, t_table = run_table(args)
         print(

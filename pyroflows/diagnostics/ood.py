@@ -118,7 +118,11 @@ class OODDetector:
 
     Which to use: measure it with :meth:`compare` on any OOD examples you have. Without any,
     use ``"combined"``, for integer images with ``dequantization_samples=8``, on the best
-    density you can train: every score here is only as good as the flow's likelihood. On the
+    density you can train: every score here is only as good as the flow's likelihood. If the
+    training data have class labels, train the flow conditioned on them and detect with
+    :meth:`pyroflows.ContextMixture.from_labels` as the flow: on the digits benchmark below
+    that raised ``"combined"`` on the unseen classes to 0.974-0.983 AUROC, 0.011-0.025 above
+    the same flow's likelihood without labels, and kept 1.000 on every synthetic shift. On the
     8x8 digits benchmark in docs/benchmarks.md (classes 0-4 in), a dense autoregressive spline
     flow on the flattened pixels, ``NSF(64, hidden_dims=(128, 128), fast="density")``, puts
     ``"combined"`` at 1.000 AUROC on every synthetic shift (blank, constant, noise, inverted,

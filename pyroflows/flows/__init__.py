@@ -15,6 +15,7 @@ from .io import _checksum as _checksum
 from .io import _decode as _decode
 from .io import _encode as _encode
 from .io import load, save
+from .mixture import ContextMixture
 from .planar import Planar
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "MAF",
     "NICE",
     "NSF",
+    "ContextMixture",
     "Flow",
     "FlowDistribution",
     "Glow",

@@ -59,13 +59,9 @@ class MaskedAutoregressive(FlowTransform):
         log_scale_bound: soft bound on affine log-scales.
         bins: spline bins :math:`K` (``transformer="spline"`` only).
         bound: spline interval :math:`[-B, B]`, the identity outside (``"spline"`` only).
-        invert_spline: the spline on the data side (``True``: ``log_prob`` evaluates it, as
-            zuko and nflows) or the base side (``False``: as Pyro); see
-            :func:`~pyroflows.transforms.elementwise.spline` (``"spline"`` only).
-        invert_affine: the affine map as the forward map (``False``: ``log_prob`` computes
-            :math:`(y - t) e^{-s}`, as the MAF paper and Pyro) or its inverse (``True``:
-            :math:`y e^{s} + t`, as zuko and nflows); see
-            :func:`~pyroflows.transforms.elementwise.affine_on_side` (``"affine"`` only).
+        invert_spline, invert_affine: which side of the layer the transformer is on, as
+            :class:`~pyroflows.transforms.Coupling`'s (the spline on the data side by default,
+            the affine map on the base side; :class:`~pyroflows.MAF` sets the data side).
         activation: activation class.
         zero_init: zero-initialise the MADE's last layer, so that the layer starts as the
             identity (the default here, in the helpers and in guides); ``False`` starts it at a
