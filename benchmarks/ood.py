@@ -184,6 +184,8 @@ DIGIT_FLOWS = {
 }
 
 CLASSES = 5  #: classes 0-4 are in-distribution
+#: the entries of :func:`digit_sets` that are not OOD sets
+NOT_OOD = ("train", "train labels", "reference", "test")
 
 
 def run_digits_classes(args) -> tuple[pf.diagnostics.OODReport, float]:
@@ -196,18 +198,22 @@ def run_digits_classes(args) -> tuple[pf.diagnostics.OODReport, float]:
     common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
     t0 = time.perf_counter()
     onehot = torch.nn.functional.one_hot(labels, CLASSES).to(torch.get_default_dtype())
-    pf.fit(flow, sets["train"], context=onehot, steps=args.steps,
-           objective=pf.bits_per_dim_loss(levels=K), **common)  # fmt: skip
+    objective = pf.bits_per_dim_loss(levels=K)
+    pf.fit(flow, sets["train"], context=onehot, steps=args.steps, objective=objective, **common)
     mixture = pf.ContextMixture.from_labels(flow.eval(), labels, num_classes=CLASSES)
-    ood = {k: v for k, v in sets.items() if k not in ("train", "train labels", "reference", "test")}
+    ood = {k: v for k, v in sets.items() if k not in NOT_OOD}
     options = dict(reference=sets["reference"], levels=K, seed=args.seed)
     methods = ["likelihood", "typicality", "complexity", "combined"]
     report = pf.ood_benchmark(mixture, sets["test"], ood, methods=methods, **options)
-    for r in pf.ood_benchmark(
-        mixture, sets["test"], ood, methods=["likelihood", "combined"],
-        dequantization_samples=args.draws, **options,
-    ).rows:  # fmt: skip
-        report.rows.append({**r, "method": f"{r['method']}, {args.draws} draws"})
+    draws = pf.ood_benchmark(
+        mixture,
+        sets["test"],
+        ood,
+        methods=["likelihood", "combined"],
+        dequantization_samples=args.draws,
+        **options,
+    )
+    report.rows += [{**r, "method": f"{r['method']}, {args.draws} draws"} for r in draws.rows]
     for r in report.rows:
         r["method"] = "classes mixture, " + r["method"]
     return report, time.perf_counter() - t0
@@ -223,7 +229,7 @@ def run_digits(args) -> tuple[pf.diagnostics.OODReport, float]:
     t0 = time.perf_counter()
     pf.fit(flow, sets["train"], steps=args.steps, objective=objective, **common)
     flow.eval()
-    ood = {k: v for k, v in sets.items() if k not in ("train", "train labels", "reference", "test")}
+    ood = {k: v for k, v in sets.items() if k not in NOT_OOD}
     options = dict(reference=sets["reference"], levels=K, train_data=sets["train"], seed=args.seed)
     fit_options = dict(steps=args.steps, **common)
     report = pf.ood_benchmark(
@@ -293,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    if args.classes and args.flow == "glow":
+        parser.error("--classes needs a vector flow: --flow nsf or --flow maf")
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     digits_report, t_digits = run_digits(args)
@@ -301,11 +309,11 @@ def main(argv: list[str] | None = None) -> None:
     print(digits_report)
     reports = [digits_report]
     if args.classes:
-        if args.flow == "glow":
-            raise SystemExit("--classes needs a vector flow: --flow nsf or --flow maf")
         classes_report, t_classes = run_digits_classes(args)
-        print(f"\n## digits 0-4, class-conditional {name} mixed over the classes "
-              f"({args.steps} steps; {t_classes:.0f} s)\n")  # fmt: skip
+        print(
+            f"\n## digits 0-4, class-conditional {name} mixed over the classes "
+            f"({args.steps} steps; {t_classes:.0f} s)\n"
+        )
         print(classes_report)
         reports.append(classes_report)
     if not args.skip_table:

@@ -51,7 +51,9 @@ def test_bad_inputs_say_what_to_pass():
         pf.ContextMixture(flow, torch.zeros(3, 2))
     with pytest.raises(ValueError, match="non-negative mixture weights"):
         pf.ContextMixture(flow, torch.eye(3), torch.tensor([1.0, -1.0, 1.0]))
-    with pytest.raises(ValueError, match="class indices in"):
+    with pytest.raises(ValueError, match=r"class indices in \[0, 3\); got \[0, 3\]"):
         pf.ContextMixture.from_labels(flow, torch.tensor([0, 3]), num_classes=3)
+    with pytest.raises(ValueError, match=r"Expected labels of shape \(N,\)"):
+        pf.ContextMixture.from_labels(flow, torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="do not pass a context"):
         pf.ContextMixture(flow, torch.eye(3)).log_prob(torch.zeros(2, 1), torch.zeros(2, 3))

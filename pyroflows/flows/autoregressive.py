@@ -34,7 +34,7 @@ class MAF(Flow):
     computes :math:`z = y\,e^{s} + t` per layer, the shift after the scaling, as zuko's and
     nflows' MAF do; ``False`` is the MAF paper's side, :math:`z = (y - t)\,e^{-s}` (Pyro's, and
     pyroflows' before the option: model files written then load with it). In the plain-loop
-    benchmark (64, 64) MADEs, 5 layers, 1000 steps, ten seeds, the data side reached a median
+    benchmark at (64, 64) MADEs, 5 layers, 1000 steps, ten seeds, the data side reached a median
     test NLL of 0.379 against 0.452 nats on two moons (better on 9 of 10 seeds) and 3.777
     against 3.780 on checkerboard (level, 4 of 10) (``benchmarks/convergence.py``, variant
     ``shift-after``; docs/benchmarks.md, "Which side the affine map is on"). :class:`IAF`

@@ -20,8 +20,9 @@ class ContextMixture(nn.Module):
     :func:`~pyroflows.ood_benchmark` (without ``background="perturbed"`` or ``ensemble=<n>``,
     which train copies of a plain flow). On the 8x8 digits with classes 0-4 in and 5-9 out
     (docs/benchmarks.md, ``benchmarks/ood.py --flow nsf --classes``), a class-conditional dense
-    NSF mixed this way scored the unseen classes at 0.975-0.985 AUROC against 0.949-0.972 for
-    the same NSF trained without labels.
+    NSF mixed this way scored the unseen classes at 0.974-0.983 AUROC (``"combined"``, 8
+    dequantisation draws) against 0.949-0.972 for the likelihood of the same NSF trained
+    without labels.
 
     Args:
         flow: a conditional flow (``flow.context_dim`` > 0).
@@ -74,9 +75,15 @@ class ContextMixture(nn.Module):
         """One one-hot context per class, weighted by the classes' frequencies in ``labels``
         (the training labels the flow was fitted with, as ``one_hot(labels, num_classes)``)."""
         labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.dim() != 1 or len(labels) == 0:
+            raise ValueError(
+                f"Expected labels of shape (N,) with N >= 1; got {tuple(labels.shape)}"
+            )
         k = int(labels.max()) + 1 if num_classes is None else int(num_classes)
-        if labels.dim() != 1 or len(labels) == 0 or int(labels.min()) < 0 or int(labels.max()) >= k:
-            raise ValueError(f"labels must be a 1-D tensor of class indices in [0, {k})")
+        if int(labels.min()) < 0 or int(labels.max()) >= k:
+            raise ValueError(
+                f"labels must be class indices in [0, {k}); got {labels.unique().tolist()}"
+            )
         counts = torch.bincount(labels, minlength=k).double()
         return cls(flow, torch.eye(k), counts)
 
