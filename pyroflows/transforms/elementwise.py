@@ -10,6 +10,9 @@ A transformer maps one coordinate given parameters produced by a conditioner:
   Layers use it through :func:`spline`, which by default puts the spline itself on the
   data-to-base side (as zuko and nflows do) and its analytic inverse on the other.
 
+Both maps can sit on either side of a layer: :func:`spline` (the data side by default) and
+:func:`affine_on_side` (the base side by default; :class:`~pyroflows.MAF` takes the data side).
+
 Each function takes one tensor ``params`` holding the ``num_params`` parameters of every
 coordinate on axis ``dim`` (a layer passes its conditioner's output as it comes, e.g.
 ``(..., num_params, D)`` with ``dim=-2``; the other axes broadcast with ``x``) and returns the
