@@ -188,48 +188,48 @@ CLASSES = 5  #: classes 0-4 are in-distribution
 NOT_OOD = ("train", "train labels", "reference", "test")
 
 
+def _digits_fit(args, context_dim: int = 0):
+    """The digit sets (flattened for vector flows), the ``--flow`` flow trained on the training
+    images (on their one-hot classes too when ``context_dim`` > 0), its OOD sets and the fit
+    options shared by the digits runs."""
+    sets = digit_sets(args.seed)
+    if args.flow != "glow":
+        sets = {k: v.flatten(1) if v.dim() > 1 else v for k, v in sets.items()}
+    flow = DIGIT_FLOWS[args.flow](context_dim=context_dim)
+    common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
+    if context_dim:
+        labels = sets["train labels"]
+        common["context"] = torch.nn.functional.one_hot(labels, context_dim).to(
+            torch.get_default_dtype()
+        )
+    pf.fit(
+        flow, sets["train"], steps=args.steps, objective=pf.bits_per_dim_loss(levels=K), **common
+    )
+    common.pop("context", None)
+    ood = {k: v for k, v in sets.items() if k not in NOT_OOD}
+    return sets, flow.eval(), ood, common
+
+
 def run_digits_classes(args) -> tuple[pf.diagnostics.OODReport, float]:
     """``--classes``: the flow conditioned on the one-hot class of each training image, scored
     as :class:`pyroflows.ContextMixture` over the five classes (training frequencies). No
     background or ensemble rows: those train copies of an unconditional flow."""
-    sets = {k: v.flatten(1) if k != "train labels" else v for k, v in digit_sets(args.seed).items()}
-    labels = sets["train labels"]
-    flow = DIGIT_FLOWS[args.flow](context_dim=CLASSES)
-    common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
     t0 = time.perf_counter()
-    onehot = torch.nn.functional.one_hot(labels, CLASSES).to(torch.get_default_dtype())
-    objective = pf.bits_per_dim_loss(levels=K)
-    pf.fit(flow, sets["train"], context=onehot, steps=args.steps, objective=objective, **common)
-    mixture = pf.ContextMixture.from_labels(flow.eval(), labels, num_classes=CLASSES)
-    ood = {k: v for k, v in sets.items() if k not in NOT_OOD}
+    sets, flow, ood, _ = _digits_fit(args, context_dim=CLASSES)
+    mixture = pf.ContextMixture.from_labels(flow, sets["train labels"], num_classes=CLASSES)
     options = dict(reference=sets["reference"], levels=K, seed=args.seed)
     methods = ["likelihood", "typicality", "complexity", "combined"]
     report = pf.ood_benchmark(mixture, sets["test"], ood, methods=methods, **options)
-    draws = pf.ood_benchmark(
-        mixture,
-        sets["test"],
-        ood,
-        methods=["likelihood", "combined"],
-        dequantization_samples=args.draws,
-        **options,
-    )
-    report.rows += [{**r, "method": f"{r['method']}, {args.draws} draws"} for r in draws.rows]
+    no_ensemble = argparse.Namespace(**{**vars(args), "ensemble": 0})
+    report.rows += better_estimates(mixture, sets["test"], ood, no_ensemble, {}, **options)
     for r in report.rows:
         r["method"] = "classes mixture, " + r["method"]
     return report, time.perf_counter() - t0
 
 
 def run_digits(args) -> tuple[pf.diagnostics.OODReport, float]:
-    sets = digit_sets(args.seed)
-    if args.flow != "glow":
-        sets = {k: v.flatten(1) if v.dim() > 1 else v for k, v in sets.items()}
-    flow = DIGIT_FLOWS[args.flow]()
-    common = dict(batch_size=64, lr=1e-3, lr_schedule="cosine", progress=False, seed=args.seed)
-    objective = pf.bits_per_dim_loss(levels=K)
     t0 = time.perf_counter()
-    pf.fit(flow, sets["train"], steps=args.steps, objective=objective, **common)
-    flow.eval()
-    ood = {k: v for k, v in sets.items() if k not in NOT_OOD}
+    sets, flow, ood, common = _digits_fit(args)
     options = dict(reference=sets["reference"], levels=K, train_data=sets["train"], seed=args.seed)
     fit_options = dict(steps=args.steps, **common)
     report = pf.ood_benchmark(

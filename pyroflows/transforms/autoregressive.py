@@ -123,7 +123,7 @@ class MaskedAutoregressive(FlowTransform):
     def _parallel(self, v: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
         params = self.conditioner(v, context)  # (..., num_params, D)
         out, s = self._tau(v, params, inverse=inverse, dim=-2)
-        return out, (s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1]))
+        return out, _total(s, out)
 
     def _sequential(
         self, u: Tensor, context: Tensor | None, inverse: bool
@@ -134,7 +134,7 @@ class MaskedAutoregressive(FlowTransform):
         for i in range(n):
             params = self.conditioner(w, context)
             w, s = self._tau(u, params, inverse=inverse, dim=-2, log_det=i == n - 1)
-        return w, (s.sum(-1) if s is not None else w.new_zeros(w.shape[:-1]))
+        return w, _total(s, w)
 
     def forward_and_log_det(
         self, x: Tensor, context: Tensor | None = None
@@ -170,6 +170,11 @@ class ConditionalMaskedAutoregressive(ConditionalFlowTransform, MaskedAutoregres
         **kwargs,
     ):
         super().__init__(input_dim, hidden_dims=hidden_dims, context_dim=context_dim, **kwargs)
+
+
+def _total(s: Tensor | None, out: Tensor) -> Tensor:
+    """The layer's log-det from the transformer's elementwise log-derivatives (``None``: 0)."""
+    return s.sum(-1) if s is not None else out.new_zeros(out.shape[:-1])
 
 
 def maf(input_dim: int, hidden_dims: Sequence[int] | None = None, **kwargs) -> MaskedAutoregressive:
